@@ -1,0 +1,236 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+	"github.com/etcd-gateway/etcd-gateway/supervisor"
+)
+
+// envPrefix starts the environment variable of every flag: --retry-delay is ETCD_GATEWAY_RETRY_DELAY.
+const envPrefix = "ETCD_GATEWAY_"
+
+// etcdZeroRetryDelay is what etcd's gateway makes of --retry-delay=0; kept for drop-in use.
+const etcdZeroRetryDelay = 5 * time.Minute
+
+// options are the parsed flags of `etcd-gateway start`.
+type options struct {
+	cfg       supervisor.Config
+	logLevel  zapcore.Level
+	logFormat string // "json" or "console" once parsed
+}
+
+// usageError is bad input: exit status 2, one line on stderr.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// errHelp is returned when the user asked for --help; the usage has been written.
+var errHelp = errors.New("help requested")
+
+// durationFlag is a flag.Value for a non-negative duration with a unit, with errors that say how to write one.
+type durationFlag struct{ d *time.Duration }
+
+func (f durationFlag) String() string {
+	if f.d == nil {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f durationFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration; write a number with a unit, such as 500ms, 30s or 1m", s)
+	}
+	if d < 0 {
+		return fmt.Errorf("%q is negative; give a duration of 0 or more, such as 1s", s)
+	}
+	*f.d = d
+	return nil
+}
+
+// levelFlag is a flag.Value for a zap level.
+type levelFlag struct{ l *zapcore.Level }
+
+func (f levelFlag) String() string {
+	if f.l == nil {
+		return ""
+	}
+	return f.l.String()
+}
+
+func (f levelFlag) Set(s string) error {
+	if err := f.l.UnmarshalText([]byte(s)); err != nil {
+		return fmt.Errorf("%q is not a log level; use debug, info, warn or error", s)
+	}
+	return nil
+}
+
+// formatFlag is a flag.Value for the log format.
+type formatFlag struct{ s *string }
+
+func (f formatFlag) String() string {
+	if f.s == nil {
+		return ""
+	}
+	return *f.s
+}
+
+func (f formatFlag) Set(s string) error {
+	if s != "json" && s != "console" && s != "auto" {
+		return fmt.Errorf("%q is not a log format; use json, console or auto", s)
+	}
+	*f.s = s
+	return nil
+}
+
+// parseStart parses the arguments of `etcd-gateway start`. Flags left unset on the command line
+// are read from ETCD_GATEWAY_<FLAG> through getenv; the command line wins. stderrIsTerminal
+// picks the default log format. Usage goes to out when --help is given.
+func parseStart(args []string, getenv func(string) (string, bool), stderrIsTerminal bool, out io.Writer) (options, error) {
+	opts := options{
+		cfg: supervisor.Config{
+			RetryDelay:      time.Minute,
+			DialTimeout:     time.Second,
+			ShutdownTimeout: 10 * time.Second,
+		},
+		logLevel:  zapcore.InfoLevel,
+		logFormat: "auto",
+	}
+	var endpoints string
+	fs := flag.NewFlagSet("etcd-gateway start", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&endpoints, "endpoints", "127.0.0.1:2379", "comma-separated etcd client addresses (host:port) to forward to")
+	fs.StringVar(&opts.cfg.ListenAddr, "listen-addr", "127.0.0.1:23790", "address to accept clients on")
+	fs.Var(durationFlag{&opts.cfg.RetryDelay}, "retry-delay", "how long a failed endpoint waits before it is tried again (0 means 5m, as etcd's gateway)")
+	fs.Var(durationFlag{&opts.cfg.DialTimeout}, "dial-timeout", "bound of each connection attempt to a member; a client is moved to the next member after it")
+	fs.Var(durationFlag{&opts.cfg.ShutdownTimeout}, "shutdown-timeout", "on SIGINT or SIGTERM, how long live connections may finish before they are closed")
+	fs.Var(levelFlag{&opts.logLevel}, "log-level", "debug, info, warn or error")
+	fs.Var(formatFlag{&opts.logFormat}, "log-format", "json, console, or auto: console when stderr is a terminal, json otherwise")
+	var discovery srvFlags
+	discovery.register(fs)
+	help := fs.Bool("help", false, "show this help")
+	fs.Usage = func() {} // the flag package calls it on every error; errors get one line instead
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			writeStartUsage(out, fs)
+			return options{}, errHelp
+		}
+		return options{}, usagef("%s; run 'etcd-gateway start --help' for the flags", flagError(err))
+	}
+	if *help {
+		writeStartUsage(out, fs)
+		return options{}, errHelp
+	}
+	if fs.NArg() > 0 {
+		return options{}, usagef("unexpected argument %q; flags are written --name=value, see 'etcd-gateway start --help'", fs.Arg(0))
+	}
+	if err := applyEnv(fs, getenv); err != nil {
+		return options{}, err
+	}
+	if err := discovery.refuse(); err != nil {
+		return options{}, err
+	}
+	eps, err := resolver.ParseEndpoints(endpoints)
+	if err != nil {
+		return options{}, usagef("--endpoints: %v", err)
+	}
+	opts.cfg.Endpoints = eps
+	if opts.logFormat == "auto" {
+		opts.logFormat = "json"
+		if stderrIsTerminal {
+			opts.logFormat = "console"
+		}
+	}
+	if opts.cfg.RetryDelay == 0 {
+		opts.cfg.RetryDelay = etcdZeroRetryDelay
+	}
+	return opts, nil
+}
+
+// applyEnv sets every flag not given on the command line from its environment variable.
+func applyEnv(fs *flag.FlagSet, getenv func(string) (string, bool)) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if err != nil || given[f.Name] || f.Name == "help" {
+			return
+		}
+		name := envName(f.Name)
+		v, ok := getenv(name)
+		if !ok {
+			return
+		}
+		if setErr := fs.Set(f.Name, v); setErr != nil {
+			err = usagef("environment variable %s: %v", name, setErr)
+		}
+	})
+	return err
+}
+
+// envName is the environment variable for a flag: retry-delay is ETCD_GATEWAY_RETRY_DELAY.
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// flagError rewrites the flag package's messages to name flags the way users write them.
+func flagError(err error) string {
+	msg := err.Error()
+	msg = strings.Replace(msg, "flag provided but not defined: -", "unknown flag --", 1)
+	msg = strings.Replace(msg, " for flag -", " for --", 1)
+	return msg
+}
+
+func writeStartUsage(out io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintf(out, "Usage: etcd-gateway start [flags]\n\n")
+	fmt.Fprintf(out, "Forwards every TCP connection made to --listen-addr to an available etcd member.\n")
+	fmt.Fprintf(out, "Every flag can also be set as %s<FLAG>, e.g. %s; the command line wins.\n\nFlags:\n",
+		envPrefix, envName("retry-delay"))
+	fs.VisitAll(func(f *flag.Flag) {
+		def := ""
+		if f.DefValue != "" && f.DefValue != "false" {
+			def = fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(out, "  --%s\n\t%s%s\n", f.Name, f.Usage, def)
+	})
+}
+
+// srvFlags are etcd's SRV discovery flags. They are accepted so that a drop-in command line
+// parses, and refused with a clear error until discovery lands (issue 3), rather than ignored.
+type srvFlags struct {
+	domain, name, caFile string
+	insecure             bool
+}
+
+func (s *srvFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&s.domain, "discovery-srv", "", "domain whose SRV records list the members (not available in this build)")
+	fs.StringVar(&s.name, "discovery-srv-name", "", "suffix of the SRV names to query (not available in this build)")
+	fs.BoolVar(&s.insecure, "insecure-discovery", false, "use SRV-discovered members without verifying them (not available in this build)")
+	fs.StringVar(&s.caFile, "trusted-ca-file", "", "CA that verifies SRV-discovered members (not available in this build)")
+}
+
+func (s *srvFlags) refuse() error {
+	if s.domain != "" || s.name != "" || s.insecure || s.caFile != "" {
+		return usagef("SRV discovery (--discovery-srv and its companion flags) is not available in this build; list the members with --endpoints=host:port,...")
+	}
+	return nil
+}
+
+// stderrIsTerminal reports whether stderr is a character device, i.e. a person is watching.
+func stderrIsTerminal() bool {
+	fi, err := os.Stderr.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,125 @@
+// Package dialer picks an etcd member for each client connection and dials it. It reads the
+// health Snapshot without locks, goes round robin over the available endpoints, bounds every
+// dial with a timeout, and on a failed dial reports the endpoint to the health Manager without
+// waiting and moves on to the next one within the same client connection.
+package dialer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+// ErrNoEndpoint is returned when no endpoint could be dialed for a client.
+var ErrNoEndpoint = errors.New("no endpoint could be dialed")
+
+// Dialer connects client connections to etcd members.
+type Dialer struct {
+	table   *health.Table
+	reports health.Reports
+	timeout time.Duration
+	net     net.Dialer
+}
+
+// New returns a Dialer that picks from table, reports failures to reports, bounds each dial
+// by timeout and keeps TCP keep-alive on every backend connection.
+func New(table *health.Table, reports health.Reports, timeout, keepAlive time.Duration) *Dialer {
+	return &Dialer{
+		table:   table,
+		reports: reports,
+		timeout: timeout,
+		net:     net.Dialer{Timeout: timeout, KeepAlive: keepAlive},
+	}
+}
+
+// Dial connects to an available endpoint, trying each available one in round-robin order
+// from a fresh cursor position. When none is available, or all of them fail, it tries every
+// other known endpoint as the last resort. Until the first endpoint set is known it waits for
+// one for up to the dial timeout.
+func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+	snap, err := d.waitForEndpoints(ctx)
+	if err != nil {
+		return nil, resolver.Endpoint{}, err
+	}
+	available := snap.Available()
+	if n := uint32(len(available)); n > 0 {
+		start := snap.Next()
+		for i := range n {
+			ep := available[(start+i)%n]
+			c, err := d.dialOne(ctx, ep, false)
+			if c != nil || err != nil {
+				return c, ep, err
+			}
+		}
+	}
+	for _, ep := range snap.Known() {
+		if slices.Contains(available, ep) {
+			continue
+		}
+		c, err := d.dialOne(ctx, ep, true)
+		if c != nil || err != nil {
+			return c, ep, err
+		}
+	}
+	return nil, resolver.Endpoint{}, ErrNoEndpoint
+}
+
+// dialOne dials ep. It returns a connection, or an error that ends the attempt for this client
+// (the gateway itself is out of descriptors or shutting down), or neither when ep failed and the
+// next endpoint should be tried. lastResort marks an endpoint not currently available, whose
+// success is reported so that it takes connections again.
+func (d *Dialer) dialOne(ctx context.Context, ep resolver.Endpoint, lastResort bool) (*net.TCPConn, error) {
+	c, err := d.net.DialContext(ctx, "tcp", ep.Addr())
+	if err == nil {
+		if lastResort {
+			d.reports.Offer(health.Report{Endpoint: ep, Available: true})
+		}
+		return c.(*net.TCPConn), nil
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	if localShortage(err) {
+		return nil, fmt.Errorf("dial %s: %w", ep, err)
+	}
+	if !lastResort {
+		d.reports.Offer(health.Report{Endpoint: ep, Available: false, Err: err})
+	}
+	return nil, nil
+}
+
+// waitForEndpoints returns the current snapshot once it knows at least one endpoint, waiting
+// for up to the dial timeout (at start-up, before the first set is published).
+func (d *Dialer) waitForEndpoints(ctx context.Context) (*health.Snapshot, error) {
+	snap := d.table.Load()
+	if len(snap.Known()) > 0 {
+		return snap, nil
+	}
+	t := time.NewTimer(d.timeout)
+	defer t.Stop()
+	for len(snap.Known()) == 0 {
+		select {
+		case <-snap.Changed():
+			snap = d.table.Load()
+		case <-t.C:
+			return nil, fmt.Errorf("no endpoint known yet: %w", ErrNoEndpoint)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return snap, nil
+}
+
+// localShortage reports whether err is the gateway's own lack of resources, which says
+// nothing about the endpoint.
+func localShortage(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}

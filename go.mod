@@ -1,0 +1,10 @@
+module github.com/etcd-gateway/etcd-gateway
+
+go 1.26
+
+require (
+	github.com/thejerf/suture/v4 v4.0.6
+	go.uber.org/zap v1.28.0
+)
+
+require go.uber.org/multierr v1.10.0 // indirect

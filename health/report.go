@@ -1,0 +1,27 @@
+package health
+
+import "github.com/etcd-gateway/etcd-gateway/resolver"
+
+// Report tells the Manager what a dial or a probe found out about one endpoint.
+type Report struct {
+	Endpoint  resolver.Endpoint
+	Available bool
+	Err       error // why it is unavailable; nil when Available
+}
+
+// Reports carries Reports to the Manager. It is created once by the supervisor and outlives
+// restarts of the Manager; give it room for a burst of failed dials.
+type Reports chan Report
+
+// NewReports returns a Reports channel with the given buffer.
+func NewReports(buffer int) Reports { return make(Reports, buffer) }
+
+// Offer sends r without blocking; when the Manager is behind, r is dropped. The data path uses
+// it, so that a client connection never waits on the control path. A dropped failure costs at
+// most one more failed dial, which reports again.
+func (r Reports) Offer(rep Report) {
+	select {
+	case r <- rep:
+	default:
+	}
+}

@@ -1,0 +1,122 @@
+package listener
+
+import (
+	"context"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+// DialFunc connects a client connection to a backend; *dialer.Dialer's Dial is one.
+type DialFunc func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error)
+
+// Forwarder runs proxied connections: for each client it dials a backend and pipes bytes both
+// ways. It owns the goroutines of every connection and outlives restarts of the accept loop;
+// Shutdown drains and ends them.
+type Forwarder struct {
+	dial   DialFunc
+	log    *zap.Logger
+	ctx    context.Context // ends dials in flight at the end of Shutdown
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu   sync.Mutex
+	live map[*net.TCPConn]struct{} // client side of every connection
+}
+
+// NewForwarder returns a Forwarder that dials backends with dial.
+func NewForwarder(dial DialFunc, log *zap.Logger) *Forwarder {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Forwarder{
+		dial:   dial,
+		log:    log.Named("listener"),
+		ctx:    ctx,
+		cancel: cancel,
+		live:   make(map[*net.TCPConn]struct{}),
+	}
+}
+
+// Forward takes ownership of client and proxies it on a goroutine of its own.
+func (f *Forwarder) Forward(client *net.TCPConn) {
+	f.wg.Add(1)
+	go f.serve(client)
+}
+
+// Active returns the number of client connections open now.
+func (f *Forwarder) Active() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.live)
+}
+
+func (f *Forwarder) serve(client *net.TCPConn) {
+	defer f.wg.Done()
+	f.track(client)
+	defer f.untrack(client)
+	defer func() {
+		if p := recover(); p != nil {
+			client.Close()
+			f.log.Error("panic in proxied connection; closed it",
+				zap.Any("panic", p), zap.Stringer("remote_addr", client.RemoteAddr()), zap.Stack("stack"))
+		}
+	}()
+	started := time.Now()
+	backend, ep, err := f.dial(f.ctx)
+	if err != nil {
+		client.Close()
+		if ce := f.log.Check(zap.DebugLevel, "client refused: no endpoint reachable"); ce != nil {
+			ce.Write(zap.Stringer("remote_addr", client.RemoteAddr()), zap.Error(err))
+		}
+		return
+	}
+	up, down, err := pipe(client, backend)
+	if ce := f.log.Check(zap.DebugLevel, "proxied connection closed"); ce != nil {
+		ce.Write(zap.Stringer("remote_addr", client.RemoteAddr()), zap.Stringer("endpoint", ep),
+			zap.Int64("bytes_up", up), zap.Int64("bytes_down", down),
+			zap.Duration("duration", time.Since(started)), zap.Error(err))
+	}
+}
+
+func (f *Forwarder) track(c *net.TCPConn) {
+	f.mu.Lock()
+	f.live[c] = struct{}{}
+	f.mu.Unlock()
+}
+
+func (f *Forwarder) untrack(c *net.TCPConn) {
+	f.mu.Lock()
+	delete(f.live, c)
+	f.mu.Unlock()
+}
+
+// Shutdown waits up to grace for live connections to finish, then closes the rest and waits
+// for their goroutines. It returns how many connections it had to close. Call it once, after
+// the accept loop has stopped.
+func (f *Forwarder) Shutdown(grace time.Duration) int {
+	done := make(chan struct{})
+	go func() {
+		f.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+		f.cancel()
+		return 0
+	case <-t.C:
+	}
+	f.cancel()
+	f.mu.Lock()
+	closed := len(f.live)
+	for c := range f.live {
+		c.Close()
+	}
+	f.mu.Unlock()
+	<-done
+	return closed
+}

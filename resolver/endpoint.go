@@ -1,0 +1,102 @@
+package resolver
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Endpoint is one etcd member's client address. It is a comparable value type: two endpoints
+// are the same member exactly when they are ==. Priority and Weight follow RFC 2782; a plain
+// `--endpoints` entry has both 0.
+type Endpoint struct {
+	Host     string
+	Port     uint16
+	Priority uint16
+	Weight   uint16
+}
+
+// Addr returns "host:port", with IPv6 literals in brackets, ready for net.Dial.
+func (e Endpoint) Addr() string {
+	return net.JoinHostPort(e.Host, strconv.Itoa(int(e.Port)))
+}
+
+// String returns the endpoint as the user wrote it: its dial address.
+func (e Endpoint) String() string { return e.Addr() }
+
+// ParseEndpoint parses one `--endpoints` entry: host:port, an IPv6 literal in brackets, or an
+// http:// URL (the scheme is stripped, as etcd's gateway does). https:// is refused: the
+// gateway forwards bytes and never terminates TLS.
+func ParseEndpoint(s string) (Endpoint, error) {
+	raw := strings.TrimSpace(s)
+	hostport := raw
+	if scheme, rest, ok := strings.Cut(raw, "://"); ok {
+		switch strings.ToLower(scheme) {
+		case "http":
+			hostport = rest
+		case "https":
+			return Endpoint{}, fmt.Errorf("endpoint %q: the gateway forwards TCP and does not terminate TLS; give host:port (%s) and let clients use TLS to the member end to end", raw, strings.TrimSuffix(rest, "/"))
+		default:
+			return Endpoint{}, fmt.Errorf("endpoint %q: unknown scheme %q; give host:port", raw, scheme)
+		}
+	}
+	hostport = strings.TrimSuffix(hostport, "/")
+	if hostport == "" {
+		return Endpoint{}, errors.New("empty endpoint; give host:port, e.g. 127.0.0.1:2379")
+	}
+	if strings.ContainsAny(hostport, "/?#@") {
+		return Endpoint{}, fmt.Errorf("endpoint %q: give host:port without a path, e.g. 127.0.0.1:2379", raw)
+	}
+	host, portText, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("endpoint %q has no port; give host:port, e.g. %s", raw, net.JoinHostPort(strings.Trim(hostport, "[]"), "2379"))
+	}
+	if host == "" {
+		return Endpoint{}, fmt.Errorf("endpoint %q has no host; give host:port, e.g. 127.0.0.1%s", raw, hostport)
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil || port == 0 {
+		return Endpoint{}, fmt.Errorf("endpoint %q: port %q is not a number from 1 to 65535", raw, portText)
+	}
+	return Endpoint{Host: host, Port: uint16(port)}, nil
+}
+
+// ParseEndpoints parses a comma-separated `--endpoints` list. The result is sorted and free of
+// duplicates; an empty list is an error.
+func ParseEndpoints(list string) ([]Endpoint, error) {
+	var eps []Endpoint
+	for _, part := range strings.Split(list, ",") {
+		if strings.TrimSpace(part) == "" {
+			continue
+		}
+		ep, err := ParseEndpoint(part)
+		if err != nil {
+			return nil, err
+		}
+		eps = append(eps, ep)
+	}
+	if len(eps) == 0 {
+		return nil, errors.New("no endpoints given; set --endpoints to host:port[,host:port...] of the etcd members' client URLs")
+	}
+	return Normalize(eps), nil
+}
+
+// Normalize returns a sorted copy of eps without duplicates, so equal sets compare equal.
+func Normalize(eps []Endpoint) []Endpoint {
+	out := slices.Clone(eps)
+	slices.SortFunc(out, compare)
+	return slices.Compact(out)
+}
+
+func compare(a, b Endpoint) int {
+	return cmp.Or(
+		cmp.Compare(a.Priority, b.Priority),
+		cmp.Compare(a.Host, b.Host),
+		cmp.Compare(a.Port, b.Port),
+		cmp.Compare(a.Weight, b.Weight),
+	)
+}

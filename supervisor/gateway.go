@@ -1,0 +1,102 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/thejerf/suture/v4"
+	"go.uber.org/zap"
+
+	"github.com/etcd-gateway/etcd-gateway/dialer"
+	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/listener"
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+// reportBuffer is room for failed-dial reports while the health manager is busy.
+const reportBuffer = 256
+
+// BindError is returned by New when the listen address cannot be bound.
+type BindError struct {
+	Addr string
+	Err  error
+}
+
+func (e *BindError) Error() string { return fmt.Sprintf("listen on %s: %v", e.Addr, e.Err) }
+
+func (e *BindError) Unwrap() error { return e.Err }
+
+// Gateway is a bound gateway, ready to Serve.
+type Gateway struct {
+	cfg  Config
+	log  *zap.Logger
+	ln   *net.TCPListener
+	fwd  *listener.Forwarder
+	tree *suture.Supervisor
+}
+
+// New binds the listen address and builds the supervisor tree; nothing runs until Serve.
+func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
+	ln, err := listener.Listen(ctx, cfg.ListenAddr, cfg.KeepAlive)
+	if err != nil {
+		return nil, &BindError{Addr: cfg.ListenAddr, Err: err}
+	}
+	table := health.NewTable()
+	reports := health.NewReports(reportBuffer)
+	updates := resolver.NewUpdates()
+	dial := dialer.New(table, reports, cfg.DialTimeout, cfg.KeepAlive)
+	fwd := listener.NewForwarder(dial.Dial, log)
+
+	hook := EventHook(log)
+	tree := suture.New("gateway", suture.Spec{EventHook: hook})
+	// The accept loop gets a supervisor of its own so its restarts are not held up by
+	// flapping probers, and restart quickly: the socket and connections survive it.
+	listenSup := suture.New("listener", suture.Spec{EventHook: hook, FailureBackoff: time.Second})
+	listenSup.Add(listener.NewService(ln, fwd, log))
+	tree.Add(listenSup)
+	tree.Add(resolver.NewStatic(cfg.Endpoints, updates))
+	healthSup := suture.New("health", suture.Spec{EventHook: hook})
+	healthSup.Add(health.NewManager(health.ManagerConfig{
+		Table:       table,
+		Updates:     updates,
+		Reports:     reports,
+		RetryDelay:  cfg.RetryDelay,
+		DialTimeout: cfg.DialTimeout,
+		ProberSpec:  suture.Spec{EventHook: hook},
+		Log:         log,
+	}))
+	tree.Add(healthSup)
+	return &Gateway{cfg: cfg, log: log, ln: ln, fwd: fwd, tree: tree}, nil
+}
+
+// Addr is the bound listen address.
+func (g *Gateway) Addr() net.Addr { return g.ln.Addr() }
+
+// Serve runs the gateway until ctx ends; then it stops accepting at once, lets live
+// connections finish for up to the shutdown timeout and closes the rest. It returns nil after
+// a clean stop.
+func (g *Gateway) Serve(ctx context.Context) error {
+	g.log.Info("gateway started",
+		zap.Stringer("listen_addr", g.ln.Addr()),
+		zap.Stringers("endpoints", g.cfg.Endpoints),
+		zap.Duration("retry_delay", g.cfg.RetryDelay),
+		zap.Duration("dial_timeout", g.cfg.DialTimeout))
+	stopAccepting := context.AfterFunc(ctx, func() { g.ln.Close() })
+	defer stopAccepting()
+	err := g.tree.Serve(ctx)
+	g.ln.Close()
+	active := g.fwd.Active()
+	if active > 0 {
+		g.log.Info("draining connections", zap.Int("active_connections", active),
+			zap.Duration("shutdown_timeout", g.cfg.ShutdownTimeout))
+	}
+	closed := g.fwd.Shutdown(g.cfg.ShutdownTimeout)
+	g.log.Info("gateway stopped", zap.Int("connections_closed", closed))
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
