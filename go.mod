@@ -4,6 +4,7 @@ go 1.26
 
 require (
 	github.com/thejerf/suture/v4 v4.0.6
+	go.uber.org/goleak v1.3.0
 	go.uber.org/zap v1.28.0
 )
 

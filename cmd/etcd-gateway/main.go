@@ -83,6 +83,7 @@ func newLogger(level zapcore.Level, format string) (*zap.Logger, error) {
 	cfg.Encoding = format
 	cfg.EncoderConfig.TimeKey = "ts"
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	cfg.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder
 	if format == "console" {
 		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
 	}

@@ -1,0 +1,154 @@
+// Package testnet holds loopback network fixtures shared by the tests: listeners, echo
+// servers, and an endpoint that drops SYNs. Everything binds to 127.0.0.1 (or ::1) and is
+// closed by t.Cleanup.
+package testnet
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// LocalListener returns a TCP listener on 127.0.0.1:0, or [::1]:0 when IPv4 loopback is missing.
+func LocalListener(t testing.TB) *net.TCPListener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		ln, err = net.Listen("tcp", "[::1]:0")
+	}
+	if err != nil {
+		t.Fatalf("listen on loopback: %v", err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.(*net.TCPListener)
+}
+
+// Server accepts connections on a loopback port and runs handle on each, until the test ends.
+type Server struct {
+	ln    *net.TCPListener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns map[*net.TCPConn]struct{}
+}
+
+// Serve starts a Server that runs handle for every connection. Cleanup closes the listener
+// and every connection and waits for the handlers.
+func Serve(t testing.TB, handle func(*net.TCPConn)) *Server {
+	t.Helper()
+	s := &Server{ln: LocalListener(t), conns: map[*net.TCPConn]struct{}{}}
+	s.wg.Add(1)
+	go s.acceptLoop(handle)
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Echo starts a Server that echoes every byte and half-closes when the client does.
+func Echo(t testing.TB) *Server {
+	return Serve(t, func(c *net.TCPConn) {
+		if _, err := io.Copy(c, c); err == nil {
+			c.CloseWrite()
+		}
+	})
+}
+
+// Named starts a Server that writes name and a newline to every client and then echoes.
+func Named(t testing.TB, name string) *Server {
+	return Serve(t, func(c *net.TCPConn) {
+		if _, err := io.WriteString(c, name+"\n"); err != nil {
+			return
+		}
+		if _, err := io.Copy(c, c); err == nil {
+			c.CloseWrite()
+		}
+	})
+}
+
+func (s *Server) acceptLoop(handle func(*net.TCPConn)) {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			handle(c)
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// Addr is the server's host:port.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Port is the server's port.
+func (s *Server) Port() uint16 { return uint16(s.ln.Addr().(*net.TCPAddr).Port) }
+
+// Close stops the server, closes every connection and waits for the handlers.
+func (s *Server) Close() {
+	s.ln.Close()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// ClosedPort returns a loopback address on which nothing listens.
+func ClosedPort(t testing.TB) string {
+	t.Helper()
+	ln := LocalListener(t)
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// SYNDropper returns a loopback address whose listening socket has a full accept queue, so
+// the kernel drops further SYNs and a dial to it hangs until its timeout.
+func SYNDropper(t testing.TB) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("socket: %v", err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatalf("bind: %v", err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatalf("getsockname: %v", err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	// Fill the accept queue (backlog 0 holds one) until a dial no longer completes.
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return addr
+			}
+			t.Fatalf("fill accept queue of %s: %v", addr, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if i > 16 {
+			t.Fatalf("accept queue of %s never filled", addr)
+		}
+	}
+}

@@ -1,0 +1,253 @@
+package listener
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/thejerf/suture/v4"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+// faultyListener is a real listener whose next AcceptTCP calls can be made to fail.
+type faultyListener struct {
+	*net.TCPListener
+	mu     sync.Mutex
+	faults []error
+}
+
+func (l *faultyListener) fail(errs ...error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.faults = append(l.faults, errs...)
+}
+
+func (l *faultyListener) AcceptTCP() (*net.TCPConn, error) {
+	l.mu.Lock()
+	if len(l.faults) > 0 {
+		err := l.faults[0]
+		l.faults = l.faults[1:]
+		l.mu.Unlock()
+		return nil, err
+	}
+	l.mu.Unlock()
+	return l.TCPListener.AcceptTCP()
+}
+
+// dialTo returns a DialFunc that always connects to addr.
+func dialTo(addr string) DialFunc {
+	return func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, resolver.Endpoint{}, err
+		}
+		return c.(*net.TCPConn), resolver.Endpoint{Host: "backend"}, nil
+	}
+}
+
+// roundTrip writes msg on c and reads the echo back.
+func roundTrip(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(defaultTestTimeout))
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatalf("write %q: %v", msg, err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("read echo of %q: %v", msg, err)
+	}
+	if string(buf) != msg {
+		t.Fatalf("echo = %q, want %q", buf, msg)
+	}
+}
+
+func TestServiceBacksOffOnTemporaryAcceptErrors(t *testing.T) {
+	echo := testnet.Echo(t)
+	ln := &faultyListener{TCPListener: testnet.LocalListener(t)}
+	var faults []error
+	for range 12 {
+		faults = append(faults, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE})
+	}
+	ln.fail(faults...)
+	fwd := NewForwarder(dialTo(echo.Addr()), zaptest.NewLogger(t))
+	svc := NewService(ln, fwd, zaptest.NewLogger(t))
+	var pauses []time.Duration
+	svc.sleep = func(_ context.Context, d time.Duration) { pauses = append(pauses, d) }
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Serve(ctx) }()
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, c, "served after EMFILE")
+	c.Close()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Serve = %v, want context.Canceled", err)
+	}
+	fwd.Shutdown(defaultTestTimeout)
+
+	if len(pauses) != len(faults) {
+		t.Fatalf("paused %d times for %d errors", len(pauses), len(faults))
+	}
+	for i := 1; i < len(pauses); i++ {
+		if pauses[i] < pauses[i-1] {
+			t.Errorf("pause %d = %s shorter than the one before (%s)", i, pauses[i], pauses[i-1])
+		}
+	}
+	if first, last := pauses[0], pauses[len(pauses)-1]; first > 10*time.Millisecond || last != maxAcceptBackoff {
+		t.Errorf("pauses went from %s to %s; want a few ms growing to %s", first, last, maxAcceptBackoff)
+	}
+}
+
+// A listener that fails is restarted by its supervisor on the same socket, and the
+// connections it accepted before keep working.
+func TestServiceRestartKeepsPortAndConnections(t *testing.T) {
+	echo := testnet.Echo(t)
+	ln := &faultyListener{TCPListener: testnet.LocalListener(t)}
+	log := zaptest.NewLogger(t)
+	fwd := NewForwarder(dialTo(echo.Addr()), log)
+	restarted := make(chan struct{}, 1)
+	sup := suture.New("listener", suture.Spec{
+		FailureBackoff: time.Millisecond,
+		EventHook: func(e suture.Event) {
+			if ev, ok := e.(suture.EventServiceTerminate); ok && ev.Restarting {
+				restarted <- struct{}{}
+			}
+		},
+	})
+	sup.Add(NewService(ln, fwd, log))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := sup.ServeBackground(ctx)
+	defer func() {
+		cancel()
+		<-done
+		fwd.Shutdown(defaultTestTimeout)
+	}()
+
+	live, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	roundTrip(t, live, "before the crash")
+
+	ln.fail(errors.New("injected accept failure"))
+	trigger, err := net.Dial("tcp", ln.Addr().String()) // wakes the blocked Accept, which then fails
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trigger.Close()
+	select {
+	case <-restarted:
+	case <-time.After(defaultTestTimeout):
+		t.Fatal("listener was not restarted")
+	}
+	roundTrip(t, live, "after the crash, same connection")
+	roundTrip(t, trigger, "accepted by the restarted listener")
+	fresh, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	roundTrip(t, fresh, "new connection after restart")
+}
+
+func TestForwarderShutdownDrainsThenCloses(t *testing.T) {
+	echo := testnet.Echo(t)
+	ln := testnet.LocalListener(t)
+	fwd := NewForwarder(dialTo(echo.Addr()), zap.NewNop())
+	svc := NewService(ln, fwd, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Serve(ctx) }()
+
+	finishing, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	roundTrip(t, finishing, "a")
+	roundTrip(t, stuck, "b")
+	cancel()
+	<-done
+
+	shut := make(chan int, 1)
+	start := time.Now()
+	const grace = 300 * time.Millisecond
+	go func() { shut <- fwd.Shutdown(grace) }()
+	roundTrip(t, finishing, "still served while draining")
+	finishing.Close()
+	closed := <-shut
+	if closed != 1 {
+		t.Errorf("Shutdown closed %d connections, want 1 (the one that did not finish)", closed)
+	}
+	if took := time.Since(start); took < grace || took > grace+defaultTestTimeout/2 {
+		t.Errorf("Shutdown took %s with a grace of %s", took, grace)
+	}
+	stuck.SetReadDeadline(time.Now().Add(defaultTestTimeout))
+	if _, err := stuck.Read(make([]byte, 1)); err == nil {
+		t.Error("connection still open after the grace period")
+	}
+}
+
+func TestForwarderRecoversPanicPerConnection(t *testing.T) {
+	ln := testnet.LocalListener(t)
+	calls := 0
+	var mu sync.Mutex
+	echo := testnet.Echo(t)
+	dial := func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		if n == 1 {
+			panic(fmt.Sprintf("injected panic in connection %d", n))
+		}
+		return dialTo(echo.Addr())(ctx)
+	}
+	fwd := NewForwarder(dial, zap.NewNop())
+	svc := NewService(ln, fwd, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Serve(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		fwd.Shutdown(defaultTestTimeout)
+	}()
+
+	first, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	first.SetReadDeadline(time.Now().Add(defaultTestTimeout))
+	if _, err := first.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the connection whose handler panicked is still open")
+	}
+	second, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	roundTrip(t, second, "served after a panic")
+}
