@@ -39,7 +39,7 @@ func ParseEndpoint(s string) (Endpoint, error) {
 		case "http":
 			hostport = rest
 		case "https":
-			return Endpoint{}, fmt.Errorf("endpoint %q: the gateway forwards TCP and does not terminate TLS; give host:port (%s) and let clients use TLS to the member end to end", raw, strings.TrimSuffix(rest, "/"))
+			return Endpoint{}, fmt.Errorf("endpoint %q: the gateway forwards TCP and does not terminate TLS; give host:port (%q) and let clients use TLS to the member end to end", raw, strings.TrimSuffix(rest, "/"))
 		default:
 			return Endpoint{}, fmt.Errorf("endpoint %q: unknown scheme %q; give host:port", raw, scheme)
 		}
@@ -53,10 +53,10 @@ func ParseEndpoint(s string) (Endpoint, error) {
 	}
 	host, portText, err := net.SplitHostPort(hostport)
 	if err != nil {
-		return Endpoint{}, fmt.Errorf("endpoint %q has no port; give host:port, e.g. %s", raw, net.JoinHostPort(strings.Trim(hostport, "[]"), "2379"))
+		return Endpoint{}, fmt.Errorf("endpoint %q has no port; give host:port, e.g. %q", raw, net.JoinHostPort(strings.Trim(hostport, "[]"), "2379"))
 	}
 	if host == "" {
-		return Endpoint{}, fmt.Errorf("endpoint %q has no host; give host:port, e.g. 127.0.0.1%s", raw, hostport)
+		return Endpoint{}, fmt.Errorf("endpoint %q has no host; give host:port, e.g. %q", raw, "127.0.0.1"+hostport)
 	}
 	port, err := strconv.ParseUint(portText, 10, 16)
 	if err != nil || port == 0 {

@@ -1,0 +1,192 @@
+package dialer_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+
+	"github.com/etcd-gateway/etcd-gateway/dialer"
+	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const defaultTestTimeout = 10 * time.Second
+
+// fixture runs a real health Manager for eps and returns a Dialer on its table.
+type fixture struct {
+	table   *health.Table
+	reports health.Reports
+	dialer  *dialer.Dialer
+}
+
+func start(t *testing.T, dialTimeout, retryDelay time.Duration, addrs ...string) *fixture {
+	t.Helper()
+	var eps []resolver.Endpoint
+	for _, a := range addrs {
+		ep, err := resolver.ParseEndpoint(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eps = append(eps, ep)
+	}
+	f := &fixture{table: health.NewTable(), reports: health.NewReports(64)}
+	updates := resolver.NewUpdates()
+	updates.Publish(resolver.Normalize(eps))
+	m := health.NewManager(health.ManagerConfig{
+		Table: f.table, Updates: updates, Reports: f.reports,
+		RetryDelay: retryDelay, DialTimeout: dialTimeout, Log: zap.NewNop(),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.Serve(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	waitFor(t, "the first endpoint set", func() bool { return len(f.table.Load().Known()) == len(eps) })
+	f.dialer = dialer.New(f.table, f.reports, dialTimeout, 0)
+	return f
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(defaultTestTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// named starts n servers that greet with their own name and returns their addresses.
+func named(t *testing.T, n int) []string {
+	var addrs []string
+	for i := range n {
+		addrs = append(addrs, testnet.Named(t, strconv.Itoa(i)).Addr())
+	}
+	return addrs
+}
+
+// greeting dials through d and returns the name the backend greeted with.
+func greeting(t *testing.T, d *dialer.Dialer) string {
+	t.Helper()
+	c, _, err := d.Dial(context.Background())
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(defaultTestTimeout))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("read greeting: %v", err)
+	}
+	return line[:len(line)-1]
+}
+
+func TestRoundRobinSpreadsEvenly(t *testing.T) {
+	f := start(t, time.Second, time.Minute, named(t, 3)...)
+	counts := map[string]int{}
+	var order []string
+	for range 300 {
+		name := greeting(t, f.dialer)
+		counts[name]++
+		order = append(order, name)
+	}
+	for _, name := range []string{"0", "1", "2"} {
+		if counts[name] != 100 {
+			t.Errorf("backend %s got %d of 300 connections, want 100: %v", name, counts[name], counts)
+		}
+	}
+	for i := 3; i < len(order); i++ {
+		if order[i] != order[i-3] {
+			t.Fatalf("picks are not round robin: %v", order[:i+1])
+		}
+	}
+}
+
+func TestFailedDialMovesClientToNextEndpoint(t *testing.T) {
+	tests := []struct {
+		name string
+		bad  func(testing.TB) string
+	}{
+		{"closed port", testnet.ClosedPort},
+		{"endpoint that drops SYNs", testnet.SYNDropper},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			const dialTimeout = 300 * time.Millisecond
+			bad := tt.bad(t)
+			good := testnet.Named(t, "good").Addr()
+			f := start(t, dialTimeout, time.Hour, bad, good)
+			// Whichever endpoint the cursor starts at, two clients cover the bad one once.
+			for i := range 2 {
+				began := time.Now()
+				if name := greeting(t, f.dialer); name != "good" {
+					t.Fatalf("client %d served by %q", i, name)
+				}
+				if took := time.Since(began); took > dialTimeout+time.Second {
+					t.Errorf("client %d took %s with a dial timeout of %s", i, took, dialTimeout)
+				}
+			}
+			waitFor(t, "the bad endpoint to be unavailable", func() bool {
+				av := f.table.Load().Available()
+				return len(av) == 1 && av[0].Addr() == good
+			})
+			// Once it is known bad, clients no longer pay its timeout.
+			for range 5 {
+				began := time.Now()
+				greeting(t, f.dialer)
+				if took := time.Since(began); took >= dialTimeout {
+					t.Errorf("client paid %s for a known-bad endpoint", took)
+				}
+			}
+		})
+	}
+}
+
+func TestLastResortTriesEveryKnownEndpoint(t *testing.T) {
+	closed := testnet.ClosedPort(t)
+	good := testnet.Named(t, "late")
+	f := start(t, 200*time.Millisecond, time.Hour, closed, good.Addr())
+	// Make both unavailable: the closed port by a failed dial, the good one by a report.
+	f.reports <- health.Report{Endpoint: mustEndpoint(t, good.Addr()), Available: false, Err: errors.New("test")}
+	f.reports <- health.Report{Endpoint: mustEndpoint(t, closed), Available: false, Err: errors.New("test")}
+	waitFor(t, "no endpoint available", func() bool { return len(f.table.Load().Available()) == 0 })
+
+	if name := greeting(t, f.dialer); name != "late" {
+		t.Fatalf("served by %q", name)
+	}
+	waitFor(t, "the endpoint that answered to be available again", func() bool {
+		av := f.table.Load().Available()
+		return len(av) == 1 && av[0].Addr() == good.Addr()
+	})
+}
+
+func TestNoEndpointReachable(t *testing.T) {
+	f := start(t, 200*time.Millisecond, time.Hour, testnet.ClosedPort(t), testnet.ClosedPort(t))
+	c, _, err := f.dialer.Dial(context.Background())
+	if c != nil || !errors.Is(err, dialer.ErrNoEndpoint) {
+		t.Fatalf("Dial = %v, %v; want ErrNoEndpoint", c, err)
+	}
+}
+
+func mustEndpoint(t *testing.T, addr string) resolver.Endpoint {
+	ep, err := resolver.ParseEndpoint(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ep
+}

@@ -1,0 +1,100 @@
+package resolver
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParseEndpoint(t *testing.T) {
+	tests := []struct {
+		give    string
+		want    Endpoint
+		wantErr string
+	}{
+		{give: "127.0.0.1:2379", want: Endpoint{Host: "127.0.0.1", Port: 2379}},
+		{give: " etcd-1.example.com:2379 ", want: Endpoint{Host: "etcd-1.example.com", Port: 2379}},
+		{give: "[::1]:2379", want: Endpoint{Host: "::1", Port: 2379}},
+		{give: "http://10.0.1.10:2379", want: Endpoint{Host: "10.0.1.10", Port: 2379}},
+		{give: "HTTP://10.0.1.10:2379/", want: Endpoint{Host: "10.0.1.10", Port: 2379}},
+		{give: "https://10.0.1.10:2379", wantErr: "does not terminate TLS"},
+		{give: "unix:///tmp/x", wantErr: "unknown scheme"},
+		{give: "10.0.1.10", wantErr: "has no port"},
+		{give: "::1", wantErr: "has no port"},
+		{give: ":2379", wantErr: "has no host"},
+		{give: "10.0.1.10:0", wantErr: "not a number from 1 to 65535"},
+		{give: "10.0.1.10:65536", wantErr: "not a number from 1 to 65535"},
+		{give: "10.0.1.10:http", wantErr: "not a number from 1 to 65535"},
+		{give: "http://10.0.1.10:2379/v3", wantErr: "without a path"},
+		{give: "", wantErr: "empty endpoint"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.give, func(t *testing.T) {
+			got, err := ParseEndpoint(tt.give)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("ParseEndpoint(%q) error = %v, want one containing %q", tt.give, err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("error spans lines: %q", err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("ParseEndpoint(%q) = %+v, %v; want %+v", tt.give, got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseEndpointsSortsAndDeduplicates(t *testing.T) {
+	got, err := ParseEndpoints("b:2,a:1,,b:2, a:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Endpoint{{Host: "a", Port: 1}, {Host: "b", Port: 2}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for _, empty := range []string{"", ",", " , "} {
+		if _, err := ParseEndpoints(empty); err == nil {
+			t.Errorf("ParseEndpoints(%q) accepted an empty list", empty)
+		}
+	}
+}
+
+func TestEndpointAddrBracketsIPv6(t *testing.T) {
+	if got := (Endpoint{Host: "::1", Port: 2379}).Addr(); got != "[::1]:2379" {
+		t.Fatalf("Addr = %q", got)
+	}
+}
+
+func FuzzParseEndpoints(f *testing.F) {
+	for _, seed := range []string{"127.0.0.1:2379", "[::1]:2379,http://a:1", "https://x:1", "a", ":", "[::1", "a:1,a:1"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, list string) {
+		eps, err := ParseEndpoints(list)
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("multi-line error for %q: %q", list, err)
+			}
+			return
+		}
+		if len(eps) == 0 {
+			t.Fatalf("no error and no endpoints for %q", list)
+		}
+		for _, ep := range eps {
+			if ep.Port == 0 || ep.Host == "" {
+				t.Fatalf("accepted %+v from %q", ep, list)
+			}
+			again, err := ParseEndpoint(ep.Addr())
+			if err != nil || again != ep {
+				t.Fatalf("%+v does not round-trip through Addr %q: %+v, %v", ep, ep.Addr(), again, err)
+			}
+		}
+		if !slices.IsSortedFunc(eps, compare) || len(slices.Compact(slices.Clone(eps))) != len(eps) {
+			t.Fatalf("result of %q not sorted and unique: %v", list, eps)
+		}
+	})
+}
