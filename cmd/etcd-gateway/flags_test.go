@@ -1,0 +1,117 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+func noEnv(string) (string, bool) { return "", false }
+
+func envOf(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+func TestParseStartDefaultsMatchEtcdGateway(t *testing.T) {
+	opts, err := parseStart(nil, noEnv, false, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := opts.cfg
+	if cfg.ListenAddr != "127.0.0.1:23790" {
+		t.Errorf("listen-addr default = %q", cfg.ListenAddr)
+	}
+	if len(cfg.Endpoints) != 1 || cfg.Endpoints[0] != (resolver.Endpoint{Host: "127.0.0.1", Port: 2379}) {
+		t.Errorf("endpoints default = %v", cfg.Endpoints)
+	}
+	if cfg.RetryDelay != time.Minute || cfg.DialTimeout != time.Second {
+		t.Errorf("retry-delay %s, dial-timeout %s", cfg.RetryDelay, cfg.DialTimeout)
+	}
+	if opts.logFormat != "json" || opts.logLevel != zapcore.InfoLevel {
+		t.Errorf("log %s %s, want json info off a terminal", opts.logFormat, opts.logLevel)
+	}
+	onTerminal, _ := parseStart(nil, noEnv, true, &bytes.Buffer{})
+	if onTerminal.logFormat != "console" {
+		t.Errorf("log format on a terminal = %s, want console", onTerminal.logFormat)
+	}
+}
+
+func TestParseStartFlagsAndEnvironment(t *testing.T) {
+	opts, err := parseStart(
+		[]string{"--endpoints=http://[::1]:2379,10.0.1.11:2379", "--retry-delay", "0", "--log-level=debug"},
+		envOf(map[string]string{
+			"ETCD_GATEWAY_RETRY_DELAY":  "7s", // the flag wins
+			"ETCD_GATEWAY_DIAL_TIMEOUT": "250ms",
+			"ETCD_GATEWAY_LISTEN_ADDR":  "127.0.0.1:3000",
+		}), false, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []resolver.Endpoint{{Host: "10.0.1.11", Port: 2379}, {Host: "::1", Port: 2379}}
+	if len(opts.cfg.Endpoints) != 2 || opts.cfg.Endpoints[0] != want[0] || opts.cfg.Endpoints[1] != want[1] {
+		t.Errorf("endpoints = %v, want %v", opts.cfg.Endpoints, want)
+	}
+	if opts.cfg.RetryDelay != etcdZeroRetryDelay {
+		t.Errorf("--retry-delay=0 gave %s, want etcd's %s", opts.cfg.RetryDelay, etcdZeroRetryDelay)
+	}
+	if opts.cfg.DialTimeout != 250*time.Millisecond || opts.cfg.ListenAddr != "127.0.0.1:3000" {
+		t.Errorf("environment not applied: dial-timeout %s, listen-addr %s", opts.cfg.DialTimeout, opts.cfg.ListenAddr)
+	}
+	if opts.logLevel != zapcore.DebugLevel {
+		t.Errorf("log level %s", opts.logLevel)
+	}
+}
+
+func TestParseStartRefusesBadInput(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string
+	}{
+		{"https endpoint", []string{"--endpoints=https://10.0.1.10:2379"}, nil, "does not terminate TLS"},
+		{"endpoint without port", []string{"--endpoints=10.0.1.10"}, nil, "has no port"},
+		{"empty endpoint list", []string{"--endpoints="}, nil, "no endpoints given"},
+		{"duration without unit", []string{"--retry-delay=123"}, nil, "with a unit"},
+		{"negative duration", []string{"--dial-timeout=-1s"}, nil, "negative"},
+		{"unknown flag", []string{"--endpoint=10.0.1.10:2379"}, nil, "unknown flag --endpoint"},
+		{"stray argument", []string{"10.0.1.10:2379"}, nil, "unexpected argument"},
+		{"bad log level", []string{"--log-level=loud"}, nil, "not a log level"},
+		{"bad environment value", nil, map[string]string{"ETCD_GATEWAY_RETRY_DELAY": "60"}, "ETCD_GATEWAY_RETRY_DELAY"},
+		{"SRV discovery not in this build", []string{"--discovery-srv=example.com"}, nil, "not available in this build"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseStart(tt.args, envOf(tt.env), false, &bytes.Buffer{})
+			var ue *usageError
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("parseStart(%q) = %v, want a usage error about %q", tt.args, err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error spans lines: %q", err)
+			}
+		})
+	}
+}
+
+func TestHelpListsEveryFlag(t *testing.T) {
+	var out bytes.Buffer
+	if _, err := parseStart([]string{"--help"}, noEnv, false, &out); !errors.Is(err, errHelp) {
+		t.Fatalf("parseStart(--help) = %v", err)
+	}
+	for _, flag := range []string{"--endpoints", "--listen-addr", "--retry-delay", "--dial-timeout", "--shutdown-timeout",
+		"--log-level", "--log-format", "--discovery-srv", "--discovery-srv-name", "--insecure-discovery", "--trusted-ca-file", "ETCD_GATEWAY_"} {
+		if !strings.Contains(out.String(), flag) {
+			t.Errorf("help does not mention %s", flag)
+		}
+	}
+}
