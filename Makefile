@@ -1,0 +1,36 @@
+# etcd-gateway: build, test and try it out. Needs Go 1.26 or later (and make, sh).
+GO ?= go
+export CGO_ENABLED ?= 0
+
+.PHONY: build test unit e2e demo etcd lint clean
+
+## build: the static etcd-gateway binary in bin/
+build:
+	$(GO) build -trimpath -o bin/etcd-gateway ./cmd/etcd-gateway
+
+## etcd: etcd v3.6 and etcdctl, built from the published modules into e2e/bin/
+etcd:
+	cd e2e && $(GO) build -o bin/etcd ./tools/etcd && $(GO) build -o bin/etcdctl ./tools/etcdctl
+
+## test: every test: format and vet checks, unit tests with the race detector, end-to-end tests
+test: lint unit e2e
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	cd e2e && $(GO) vet ./...
+
+# The race detector needs cgo.
+unit:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./...
+
+e2e:
+	cd e2e && CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
+
+## demo: a local 3-member etcd cluster on loopback and the gateway in the foreground (Ctrl-C stops all)
+demo: build etcd
+	./scripts/demo.sh
+
+clean:
+	rm -rf bin e2e/bin

@@ -1,0 +1,280 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+const defaultTestTimeout = 20 * time.Second
+
+// Binaries built once by TestMain.
+var (
+	etcdBin, etcdctlBin, gatewayBin string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "etcd-gateway-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	etcdBin = filepath.Join(dir, "etcd")
+	etcdctlBin = filepath.Join(dir, "etcdctl")
+	gatewayBin = filepath.Join(dir, "etcd-gateway")
+	builds := []struct {
+		dir  string
+		args []string
+	}{
+		{".", []string{"build", "-o", etcdBin, "./tools/etcd"}},
+		{".", []string{"build", "-o", etcdctlBin, "./tools/etcdctl"}},
+		// The gateway runs with the race detector: a race under real load fails the test.
+		{"..", []string{"build", "-race", "-o", gatewayBin, "./cmd/etcd-gateway"}},
+	}
+	for _, b := range builds {
+		cmd := exec.Command("go", b.args...)
+		cmd.Dir = b.dir
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "go %s: %v\n", strings.Join(b.args, " "), err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freePort returns a loopback port nothing listens on right now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// dataDir is a directory on tmpfs when there is one, removed when the test ends.
+func dataDir(t *testing.T) string {
+	t.Helper()
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		d, err := os.MkdirTemp("/dev/shm", "etcd-gateway-e2e")
+		if err == nil {
+			t.Cleanup(func() { os.RemoveAll(d) })
+			return d
+		}
+	}
+	return t.TempDir()
+}
+
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a child process that the test owns.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+func startProc(t *testing.T, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(p.kill)
+	return p
+}
+
+func (p *proc) kill() {
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// member is one etcd server.
+type member struct {
+	name   string
+	client string // host:port of its client URL
+	proc   *proc
+}
+
+// startCluster starts n etcd members on loopback with data on tmpfs and waits until the
+// cluster serves linearizable reads.
+func startCluster(t *testing.T, n int) []*member {
+	t.Helper()
+	dir := dataDir(t)
+	var members []*member
+	var peers []string
+	peerPorts := make([]int, n)
+	for i := range n {
+		peerPorts[i] = freePort(t)
+		peers = append(peers, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, peerPorts[i]))
+	}
+	for i := range n {
+		client := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		peer := fmt.Sprintf("http://127.0.0.1:%d", peerPorts[i])
+		name := fmt.Sprintf("m%d", i)
+		p := startProc(t, etcdBin,
+			"--name", name, "--data-dir", filepath.Join(dir, name),
+			"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
+			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+			"--initial-cluster", strings.Join(peers, ","), "--initial-cluster-state", "new",
+			"--initial-cluster-token", filepath.Base(dir),
+			"--unsafe-no-fsync", "--max-request-bytes", "4194304", "--log-level", "error")
+		members = append(members, &member{name: name, client: client, proc: p})
+	}
+	var eps []string
+	for _, m := range members {
+		eps = append(eps, m.client)
+	}
+	c := newClient(t, eps...)
+	deadline := time.Now().Add(defaultTestTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := c.Get(ctx, "health")
+		cancel()
+		if err == nil {
+			return members
+		}
+		for _, m := range members {
+			if m.proc.exited() {
+				t.Fatalf("etcd %s exited: %s", m.name, m.proc.out)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster not ready: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// leader returns the index of the cluster's leader.
+func leader(t *testing.T, members []*member) int {
+	t.Helper()
+	c := newClient(t, members[0].client)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	st, err := c.Status(ctx, members[0].client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range members {
+		mst, err := c.Status(ctx, m.client)
+		if err == nil && mst.Header.MemberId == st.Leader {
+			return i
+		}
+	}
+	t.Fatal("no member is the leader")
+	return -1
+}
+
+func endpointsOf(members []*member) string {
+	var eps []string
+	for _, m := range members {
+		eps = append(eps, m.client)
+	}
+	return strings.Join(eps, ",")
+}
+
+// gateway is a running etcd-gateway process.
+type gateway struct {
+	addr string
+	proc *proc
+}
+
+// startGateway starts etcd-gateway in front of members and waits until it accepts. When the
+// test ends it is stopped with SIGTERM and must exit 0 without a data race.
+func startGateway(t *testing.T, members []*member, args ...string) *gateway {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	all := append([]string{"start", "--listen-addr=" + addr, "--endpoints=" + endpointsOf(members), "--log-level=debug"}, args...)
+	g := &gateway{addr: addr, proc: startProc(t, gatewayBin, all...)}
+	t.Cleanup(func() {
+		if g.proc.exited() {
+			t.Errorf("gateway exited before the test ended: %s", g.proc.out)
+			return
+		}
+		g.proc.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-g.proc.done:
+		case <-time.After(defaultTestTimeout):
+			t.Errorf("gateway did not stop on SIGINT")
+		}
+		if code := g.proc.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("gateway exited %d after SIGINT", code)
+		}
+		if strings.Contains(g.proc.out.String(), "DATA RACE") {
+			t.Errorf("data race in the gateway:\n%s", g.proc.out)
+		}
+	})
+	deadline := time.Now().Add(defaultTestTimeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return g
+		}
+		if g.proc.exited() || time.Now().After(deadline) {
+			t.Fatalf("gateway never accepted on %s: %s", addr, g.proc.out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// newClient returns a clientv3 client of endpoints, closed when the test ends.
+func newClient(t *testing.T, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
