@@ -190,3 +190,15 @@ func mustEndpoint(t *testing.T, addr string) resolver.Endpoint {
 	}
 	return ep
 }
+
+func TestBackendConnectionHasKeepAlive(t *testing.T) {
+	f := start(t, time.Second, time.Minute, testnet.Echo(t).Addr())
+	c, _, err := f.dialer.Dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !testnet.KeepAlive(t, c) {
+		t.Fatal("backend connection has no TCP keep-alive")
+	}
+}

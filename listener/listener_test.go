@@ -32,12 +32,18 @@ func (l *faultyListener) fail(errs ...error) {
 	l.faults = append(l.faults, errs...)
 }
 
+// errPanic makes faultyListener panic instead of returning an error.
+var errPanic = errors.New("panic")
+
 func (l *faultyListener) AcceptTCP() (*net.TCPConn, error) {
 	l.mu.Lock()
 	if len(l.faults) > 0 {
 		err := l.faults[0]
 		l.faults = l.faults[1:]
 		l.mu.Unlock()
+		if err == errPanic {
+			panic("injected panic in accept")
+		}
 		return nil, err
 	}
 	l.mu.Unlock()
@@ -114,9 +120,15 @@ func TestServiceBacksOffOnTemporaryAcceptErrors(t *testing.T) {
 	}
 }
 
-// A listener that fails is restarted by its supervisor on the same socket, and the
+// A listener that fails or panics is restarted by its supervisor on the same socket, and the
 // connections it accepted before keep working.
 func TestServiceRestartKeepsPortAndConnections(t *testing.T) {
+	for _, fault := range []error{errors.New("injected accept failure"), errPanic} {
+		t.Run(fault.Error(), func(t *testing.T) { testRestartAfter(t, fault) })
+	}
+}
+
+func testRestartAfter(t *testing.T, fault error) {
 	echo := testnet.Echo(t)
 	ln := &faultyListener{TCPListener: testnet.LocalListener(t)}
 	log := zaptest.NewLogger(t)
@@ -125,8 +137,15 @@ func TestServiceRestartKeepsPortAndConnections(t *testing.T) {
 	sup := suture.New("listener", suture.Spec{
 		FailureBackoff: time.Millisecond,
 		EventHook: func(e suture.Event) {
-			if ev, ok := e.(suture.EventServiceTerminate); ok && ev.Restarting {
-				restarted <- struct{}{}
+			switch ev := e.(type) {
+			case suture.EventServiceTerminate:
+				if ev.Restarting {
+					restarted <- struct{}{}
+				}
+			case suture.EventServicePanic:
+				if ev.Restarting {
+					restarted <- struct{}{}
+				}
 			}
 		},
 	})
@@ -146,7 +165,7 @@ func TestServiceRestartKeepsPortAndConnections(t *testing.T) {
 	defer live.Close()
 	roundTrip(t, live, "before the crash")
 
-	ln.fail(errors.New("injected accept failure"))
+	ln.fail(fault)
 	trigger, err := net.Dial("tcp", ln.Addr().String()) // wakes the blocked Accept, which then fails
 	if err != nil {
 		t.Fatal(err)
@@ -250,4 +269,25 @@ func TestForwarderRecoversPanicPerConnection(t *testing.T) {
 	}
 	defer second.Close()
 	roundTrip(t, second, "served after a panic")
+}
+
+func TestListenTurnsOnKeepAlive(t *testing.T) {
+	ln, err := Listen(context.Background(), "127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	accepted, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer accepted.Close()
+	if !testnet.KeepAlive(t, accepted) {
+		t.Fatal("accepted client connection has no TCP keep-alive")
+	}
 }

@@ -141,3 +141,28 @@ func TestNewReportsBindFailure(t *testing.T) {
 		t.Fatalf("New = %v, want a BindError", err)
 	}
 }
+
+// IPv6 endpoints work, and a name that does not resolve at start-up is not fatal: it is taken
+// out of rotation like any failed endpoint while the others serve.
+func TestGatewayIPv6AndUnresolvableEndpoints(t *testing.T) {
+	v6, err := resolver.ParseEndpoint(testnet.EchoOn(t, "[::1]:0").Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not a valid DNS name, so the lookup fails without a query leaving the machine.
+	unresolvable := resolver.Endpoint{Host: "unresolvable!host", Port: 2379}
+	cfg := Config{ListenAddr: "127.0.0.1:0", Endpoints: []resolver.Endpoint{unresolvable, v6},
+		RetryDelay: time.Minute, DialTimeout: time.Second, ShutdownTimeout: time.Second}
+	if err := cfg.Validate(context.Background()); err != nil {
+		t.Fatalf("Validate = %v", err)
+	}
+	gw, _, _ := startGateway(t, cfg)
+	for range 4 {
+		c, err := net.Dial("tcp", gw.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		echoOnce(t, c, "to [::1]")
+		c.Close()
+	}
+}

@@ -40,7 +40,21 @@ type Server struct {
 // and every connection and waits for the handlers.
 func Serve(t testing.TB, handle func(*net.TCPConn)) *Server {
 	t.Helper()
-	s := &Server{ln: LocalListener(t), conns: map[*net.TCPConn]struct{}{}}
+	return serveOn(t, LocalListener(t), handle)
+}
+
+// EchoOn is Echo on a given loopback address, such as "[::1]:0".
+func EchoOn(t testing.TB, addr string) *Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen on %s: %v", addr, err)
+	}
+	return serveOn(t, ln.(*net.TCPListener), echo)
+}
+
+func serveOn(t testing.TB, ln *net.TCPListener, handle func(*net.TCPConn)) *Server {
+	s := &Server{ln: ln, conns: map[*net.TCPConn]struct{}{}}
 	s.wg.Add(1)
 	go s.acceptLoop(handle)
 	t.Cleanup(s.Close)
@@ -48,12 +62,12 @@ func Serve(t testing.TB, handle func(*net.TCPConn)) *Server {
 }
 
 // Echo starts a Server that echoes every byte and half-closes when the client does.
-func Echo(t testing.TB) *Server {
-	return Serve(t, func(c *net.TCPConn) {
-		if _, err := io.Copy(c, c); err == nil {
-			c.CloseWrite()
-		}
-	})
+func Echo(t testing.TB) *Server { return Serve(t, echo) }
+
+func echo(c *net.TCPConn) {
+	if _, err := io.Copy(c, c); err == nil {
+		c.CloseWrite()
+	}
 }
 
 // Named starts a Server that writes name and a newline to every client and then echoes.
@@ -151,4 +165,24 @@ func SYNDropper(t testing.TB) string {
 			t.Fatalf("accept queue of %s never filled", addr)
 		}
 	}
+}
+
+// KeepAlive reports whether TCP keep-alive is on for c.
+func KeepAlive(t testing.TB, c *net.TCPConn) bool {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var on int
+	var sockErr error
+	if err := raw.Control(func(fd uintptr) {
+		on, sockErr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if sockErr != nil {
+		t.Fatal(sockErr)
+	}
+	return on != 0
 }
