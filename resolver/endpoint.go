@@ -12,12 +12,15 @@ import (
 
 // Endpoint is one etcd member's client address. It is a comparable value type: two endpoints
 // are the same member exactly when they are ==. Priority and Weight follow RFC 2782; a plain
-// `--endpoints` entry has both 0.
+// `--endpoints` entry has both 0. An endpoint found through SRV records also carries the
+// record's Target name, and TLS when it came from an `_etcd-client-ssl` record.
 type Endpoint struct {
 	Host     string
 	Port     uint16
 	Priority uint16
 	Weight   uint16
+	Target   string // SRV target host name; empty for `--endpoints`
+	TLS      bool   // the member serves clients over TLS
 }
 
 // Addr returns "host:port", with IPv6 literals in brackets, ready for net.Dial.
@@ -98,5 +101,18 @@ func compare(a, b Endpoint) int {
 		cmp.Compare(a.Host, b.Host),
 		cmp.Compare(a.Port, b.Port),
 		cmp.Compare(a.Weight, b.Weight),
+		cmp.Compare(a.Target, b.Target),
+		boolCompare(a.TLS, b.TLS),
 	)
+}
+
+func boolCompare(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	default:
+		return -1
+	}
 }

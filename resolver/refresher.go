@@ -1,0 +1,180 @@
+package resolver
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/thejerf/suture/v4"
+	"go.uber.org/zap"
+)
+
+// dnsQueryTimeout bounds each DNS query.
+const dnsQueryTimeout = 2 * time.Second
+
+// SRVConfig configures SRV discovery.
+type SRVConfig struct {
+	Domain      string        // --discovery-srv
+	ServiceName string        // --discovery-srv-name
+	DNSServer   string        // --dns-server host:port; empty: the servers of ResolvConf
+	ResolvConf  string        // usually /etc/resolv.conf
+	Insecure    bool          // --insecure-discovery: use _etcd-client-ssl members unverified
+	CAFile      string        // --trusted-ca-file; empty: the system roots
+	MinRefresh  time.Duration // lower bound of the wait between lookups
+	MaxRefresh  time.Duration // upper bound of the wait, also of the backoff after failures
+	DialTimeout time.Duration // bound of each TLS verification
+	// Fallback is the set used until discovery first succeeds: the --endpoints the user gave
+	// explicitly, or nil.
+	Fallback []Endpoint
+	Guard    *LoopGuard // refuses endpoints that are the gateway itself
+}
+
+// Refresher is the resolver service for SRV discovery. It looks the records up, resolves and
+// verifies the members, publishes the set when it changes, and looks again after the records'
+// TTL. A failed lookup keeps the last good set and is retried with backoff.
+type Refresher struct {
+	cfg               SRVConfig
+	dns               *dnsClient
+	verifier          *verifier
+	secureName, plain string
+	out               *Updates
+	log               *zap.Logger
+}
+
+var _ suture.Service = (*Refresher)(nil)
+
+// NewRefresher checks cfg (DNS servers, CA file) and returns the service.
+func NewRefresher(cfg SRVConfig, out *Updates, log *zap.Logger) (*Refresher, error) {
+	client, err := newDNSClient(cfg.DNSServer, cfg.ResolvConf, dnsQueryTimeout)
+	if err != nil {
+		return nil, err
+	}
+	v, err := newVerifier(cfg.CAFile, cfg.Domain, cfg.DialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	secure, plain := SRVNames(cfg.Domain, cfg.ServiceName)
+	return &Refresher{cfg: cfg, dns: client, verifier: v, secureName: secure, plain: plain, out: out,
+		log: log.Named("resolver").With(zap.String("srv_domain", cfg.Domain))}, nil
+}
+
+// String names the service in supervisor events.
+func (r *Refresher) String() string { return "resolver/srv" }
+
+// Serve discovers until ctx ends.
+func (r *Refresher) Serve(ctx context.Context) error {
+	if _, ok := r.out.Latest(); !ok && len(r.cfg.Fallback) > 0 {
+		r.log.Info("using --endpoints until SRV discovery succeeds", zap.Stringers("endpoints", r.cfg.Fallback))
+		r.out.Publish(Normalize(r.cfg.Fallback))
+	}
+	run := refresherRun{r: r, refused: map[Endpoint]string{}}
+	backoff := r.cfg.MinRefresh
+	for {
+		wait, ok := run.once(ctx)
+		if ok {
+			backoff = r.cfg.MinRefresh
+		} else {
+			wait = jitter(backoff)
+			backoff = min(2*backoff, r.cfg.MaxRefresh)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+}
+
+// refresherRun is the per-run state of the Refresher: what was logged, so that each outage
+// and each refused member is logged once.
+type refresherRun struct {
+	r       *Refresher
+	failing bool
+	refused map[Endpoint]string // member → why it was left out
+	plainOK bool                // the unauthenticated members were logged
+}
+
+// once does one lookup and publishes its result. It returns the wait until the next lookup
+// and whether the lookup succeeded.
+func (run *refresherRun) once(ctx context.Context) (time.Duration, bool) {
+	r := run.r
+	d, err := r.dns.discover(ctx, r.secureName, r.plain)
+	if err != nil {
+		if ctx.Err() == nil && !run.failing {
+			run.failing = true
+			last, _ := r.out.Latest()
+			r.log.Warn("SRV discovery failed; keeping the last good endpoint set and retrying",
+				zap.Error(err), zap.Stringers("endpoints", last))
+		}
+		return 0, false
+	}
+	if run.failing {
+		run.failing = false
+		r.log.Info("SRV discovery recovered")
+	}
+	set := run.admit(ctx, d.endpoints)
+	if len(set) == 0 {
+		r.log.Warn("every discovered member was left out; keeping the last good endpoint set")
+	} else if last, ok := r.out.Latest(); !ok || !slices.Equal(last, set) {
+		r.out.Publish(set)
+		r.log.Info("discovered endpoint set", zap.Stringers("endpoints", set), zap.Duration("ttl", d.ttl))
+	}
+	return min(max(d.ttl, r.cfg.MinRefresh), r.cfg.MaxRefresh), true
+}
+
+// admit drops members that are the gateway itself and, unless --insecure-discovery, TLS members
+// whose certificate does not verify. Verifications run in parallel.
+func (run *refresherRun) admit(ctx context.Context, eps []Endpoint) []Endpoint {
+	r := run.r
+	reasons := make([]error, len(eps))
+	loops := make([]bool, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		if err := r.cfg.Guard.Check(ctx, ep); err != nil {
+			reasons[i], loops[i] = err, true
+			continue
+		}
+		if ep.TLS && !r.cfg.Insecure {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				reasons[i] = r.verifier.verify(ctx, ep)
+			}()
+		}
+	}
+	wg.Wait()
+	var admitted, plain []Endpoint
+	for i, ep := range eps {
+		if reasons[i] != nil {
+			if why := reasons[i].Error(); run.refused[ep] != why {
+				run.refused[ep] = why
+				msg := "member left out: its TLS certificate does not verify; fix the certificate, give its CA with --trusted-ca-file, or allow it with --insecure-discovery"
+				if loops[i] {
+					msg = "member left out: it is the gateway's own listen address"
+				}
+				r.log.Warn(msg, zap.Stringer("endpoint", ep), zap.String("srv_target", ep.Target), zap.Error(reasons[i]))
+			}
+			continue
+		}
+		delete(run.refused, ep)
+		admitted = append(admitted, ep)
+		if !ep.TLS {
+			plain = append(plain, ep)
+		}
+	}
+	if len(plain) > 0 && !run.plainOK {
+		run.plainOK = true
+		r.log.Info("members from _etcd-client records serve without TLS and are used unauthenticated",
+			zap.Stringers("endpoints", plain))
+	}
+	return admitted
+}
+
+// jitter spreads d over [d/2, d).
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
