@@ -39,26 +39,31 @@ func New(table *health.Table, reports health.Reports, timeout, keepAlive time.Du
 	}
 }
 
-// Dial connects to an available endpoint, trying each available one in round-robin order
-// from a fresh cursor position. When none is available, or all of them fail, it tries every
-// other known endpoint as the last resort. Until the first endpoint set is known it waits for
+// Dial connects to an available endpoint chosen per RFC 2782: the lowest priority first,
+// weighted within it (round robin when all weights are 0). When that endpoint fails it tries
+// the rest of its priority, then the next priority. When none is available, or all of them
+// fail, it tries every other known endpoint as the last resort. Until the first endpoint set is known it waits for
 // one for up to the dial timeout.
 func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
 	snap, err := d.waitForEndpoints(ctx)
 	if err != nil {
 		return nil, resolver.Endpoint{}, err
 	}
-	available := snap.Available()
-	if n := uint32(len(available)); n > 0 {
-		start := snap.Next()
-		for i := range n {
-			ep := available[(start+i)%n]
+	cursor := snap.Next()
+	tiers := snap.Tiers()
+	for ti := range tiers {
+		tier := &tiers[ti]
+		eps := tier.Endpoints()
+		first := tier.Pick(cursor)
+		for i := range eps {
+			ep := eps[(first+i)%len(eps)]
 			c, err := d.dialOne(ctx, ep, false)
 			if c != nil || err != nil {
 				return c, ep, err
 			}
 		}
 	}
+	available := snap.Available()
 	for _, ep := range snap.Known() {
 		if slices.Contains(available, ep) {
 			continue

@@ -32,12 +32,13 @@ func start(t *testing.T, dialTimeout, retryDelay time.Duration, addrs ...string)
 	t.Helper()
 	var eps []resolver.Endpoint
 	for _, a := range addrs {
-		ep, err := resolver.ParseEndpoint(a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		eps = append(eps, ep)
+		eps = append(eps, mustEndpoint(t, a))
 	}
+	return startEndpoints(t, dialTimeout, retryDelay, eps)
+}
+
+func startEndpoints(t *testing.T, dialTimeout, retryDelay time.Duration, eps []resolver.Endpoint) *fixture {
+	t.Helper()
 	f := &fixture{table: health.NewTable(), reports: health.NewReports(64)}
 	updates := resolver.NewUpdates()
 	updates.Publish(resolver.Normalize(eps))
@@ -201,4 +202,34 @@ func TestBackendConnectionHasKeepAlive(t *testing.T) {
 	if !testnet.KeepAlive(t, c) {
 		t.Fatal("backend connection has no TCP keep-alive")
 	}
+}
+
+// Connections go to the lowest priority while any of it is available, and to the next
+// priority only when the lowest is all down.
+func TestPriorityTiers(t *testing.T) {
+	primary := testnet.Named(t, "primary").Addr()
+	backup := testnet.Named(t, "backup").Addr()
+	deadPrimary := testnet.ClosedPort(t)
+	eps := []resolver.Endpoint{
+		withPriority(t, primary, 0), withPriority(t, deadPrimary, 0), withPriority(t, backup, 10),
+	}
+	f := startEndpoints(t, 300*time.Millisecond, time.Hour, eps)
+	for i := range 50 {
+		if name := greeting(t, f.dialer); name != "primary" {
+			t.Fatalf("connection %d went to %q while a priority-0 endpoint was available", i, name)
+		}
+	}
+	f.reports <- health.Report{Endpoint: eps[0], Err: errors.New("test: primary down")}
+	waitFor(t, "the primary to be unavailable", func() bool { return len(f.table.Load().Available()) == 1 })
+	for i := range 10 {
+		if name := greeting(t, f.dialer); name != "backup" {
+			t.Fatalf("connection %d went to %q with priority 0 all down", i, name)
+		}
+	}
+}
+
+func withPriority(t *testing.T, addr string, priority uint16) resolver.Endpoint {
+	ep := mustEndpoint(t, addr)
+	ep.Priority = priority
+	return ep
 }

@@ -14,16 +14,19 @@ import (
 type Snapshot struct {
 	known     []resolver.Endpoint
 	available []resolver.Endpoint
+	tiers     []Tier
 	cursor    atomic.Uint32
 	changed   chan struct{}
 }
 
-// NewSnapshot builds a Snapshot from copies of known and available. Its cursor starts at a
-// random index so that gateways restarted together do not all pick the same member first.
+// NewSnapshot builds a Snapshot from copies of known and available, both sorted by priority.
+// Its cursor starts at a random index so that gateways restarted together do not all pick the
+// same member first.
 func NewSnapshot(known, available []resolver.Endpoint) *Snapshot {
 	s := &Snapshot{
 		known:     slices.Clone(known),
 		available: slices.Clone(available),
+		tiers:     buildTiers(available),
 		changed:   make(chan struct{}),
 	}
 	s.cursor.Store(rand.Uint32())
@@ -35,6 +38,9 @@ func (s *Snapshot) Known() []resolver.Endpoint { return s.known }
 
 // Available returns the endpoints that take new connections.
 func (s *Snapshot) Available() []resolver.Endpoint { return s.available }
+
+// Tiers returns the available endpoints grouped by SRV priority, lowest first.
+func (s *Snapshot) Tiers() []Tier { return s.tiers }
 
 // Next advances the round-robin cursor and returns its new value; callers index with it modulo
 // the length of the slice they pick from.
