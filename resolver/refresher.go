@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -44,6 +45,21 @@ type Refresher struct {
 }
 
 var _ suture.Service = (*Refresher)(nil)
+
+// Validate checks cfg without looking anything up; every error is one line that names the fix.
+func (cfg SRVConfig) Validate() error {
+	if cfg.MinRefresh <= 0 {
+		return fmt.Errorf("--discovery-srv-min-refresh=%s must be positive, such as 1s", cfg.MinRefresh)
+	}
+	if cfg.MaxRefresh < cfg.MinRefresh {
+		return fmt.Errorf("--discovery-srv-max-refresh=%s is below --discovery-srv-min-refresh=%s; raise it", cfg.MaxRefresh, cfg.MinRefresh)
+	}
+	if _, err := newDNSClient(cfg.DNSServer, cfg.ResolvConf, dnsQueryTimeout); err != nil {
+		return err
+	}
+	_, err := newVerifier(cfg.CAFile, cfg.Domain, cfg.DialTimeout)
+	return err
+}
 
 // NewRefresher checks cfg (DNS servers, CA file) and returns the service.
 func NewRefresher(cfg SRVConfig, out *Updates, log *zap.Logger) (*Refresher, error) {

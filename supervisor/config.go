@@ -12,7 +12,8 @@ import (
 // Config is everything the gateway needs to run; cmd/etcd-gateway fills it from flags.
 type Config struct {
 	ListenAddr      string              // host:port to accept clients on
-	Endpoints       []resolver.Endpoint // the etcd members' client addresses
+	Endpoints       []resolver.Endpoint // the etcd members' client addresses; with Discovery, used until it first succeeds
+	Discovery       *resolver.SRVConfig // SRV discovery; nil for a static list
 	RetryDelay      time.Duration       // how long a failed endpoint waits before it is probed again
 	DialTimeout     time.Duration       // bound of every dial to a member and of every probe
 	ShutdownTimeout time.Duration       // how long live connections may finish after a stop signal
@@ -26,8 +27,13 @@ func (cfg Config) Validate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(cfg.Endpoints) == 0 {
+	if len(cfg.Endpoints) == 0 && cfg.Discovery == nil {
 		return errors.New("no endpoints given; set --endpoints to host:port[,host:port...] of the etcd members' client URLs")
+	}
+	if cfg.Discovery != nil {
+		if err := cfg.Discovery.Validate(); err != nil {
+			return err
+		}
 	}
 	for _, d := range []struct {
 		flag string

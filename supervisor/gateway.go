@@ -57,7 +57,22 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 	listenSup := suture.New("listener", suture.Spec{EventHook: hook, FailureBackoff: time.Second})
 	listenSup.Add(listener.NewService(ln, fwd, log))
 	tree.Add(listenSup)
-	tree.Add(resolver.NewStatic(cfg.Endpoints, updates))
+	if cfg.Discovery == nil {
+		tree.Add(resolver.NewStatic(cfg.Endpoints, updates))
+	} else {
+		srv := *cfg.Discovery
+		srv.Fallback = cfg.Endpoints
+		if srv.Guard, err = resolver.NewLoopGuard(ctx, cfg.ListenAddr); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		refresher, err := resolver.NewRefresher(srv, updates, log)
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		tree.Add(refresher)
+	}
 	healthSup := suture.New("health", suture.Spec{EventHook: hook})
 	healthSup.Add(health.NewManager(health.ManagerConfig{
 		Table:       table,
@@ -79,9 +94,14 @@ func (g *Gateway) Addr() net.Addr { return g.ln.Addr() }
 // connections finish for up to the shutdown timeout and closes the rest. It returns nil after
 // a clean stop.
 func (g *Gateway) Serve(ctx context.Context) error {
+	discovery := ""
+	if g.cfg.Discovery != nil {
+		discovery = g.cfg.Discovery.Domain
+	}
 	g.log.Info("gateway started",
 		zap.Stringer("listen_addr", g.ln.Addr()),
 		zap.Stringers("endpoints", g.cfg.Endpoints),
+		zap.String("discovery_srv", discovery),
 		zap.Duration("retry_delay", g.cfg.RetryDelay),
 		zap.Duration("dial_timeout", g.cfg.DialTimeout))
 	stopAccepting := context.AfterFunc(ctx, func() { g.ln.Close() })

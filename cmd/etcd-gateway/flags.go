@@ -140,14 +140,19 @@ func parseStart(args []string, getenv func(string) (string, bool), stderrIsTermi
 	if err := applyEnv(fs, getenv); err != nil {
 		return options{}, err
 	}
-	if err := discovery.refuse(); err != nil {
+	srv, err := discovery.config(fs, opts.cfg.DialTimeout)
+	if err != nil {
 		return options{}, err
 	}
-	eps, err := resolver.ParseEndpoints(endpoints)
-	if err != nil {
-		return options{}, usagef("--endpoints: %v", err)
+	opts.cfg.Discovery = srv
+	// With discovery, --endpoints is a fallback only when the user gave it: never the default.
+	if srv == nil || explicit(fs, "endpoints") {
+		eps, err := resolver.ParseEndpoints(endpoints)
+		if err != nil {
+			return options{}, usagef("--endpoints: %v", err)
+		}
+		opts.cfg.Endpoints = eps
 	}
-	opts.cfg.Endpoints = eps
 	if opts.logFormat == "auto" {
 		opts.logFormat = "json"
 		if stderrIsTerminal {
@@ -158,6 +163,13 @@ func parseStart(args []string, getenv func(string) (string, bool), stderrIsTermi
 		opts.cfg.RetryDelay = etcdZeroRetryDelay
 	}
 	return opts, nil
+}
+
+// explicit reports whether the flag was set, on the command line or through the environment.
+func explicit(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // applyEnv sets every flag not given on the command line from its environment variable.
@@ -208,25 +220,51 @@ func writeStartUsage(out io.Writer, fs *flag.FlagSet) {
 	})
 }
 
-// srvFlags are etcd's SRV discovery flags. They are accepted so that a drop-in command line
-// parses, and refused with a clear error until discovery lands (issue 3), rather than ignored.
+// srvFlags are the SRV discovery flags: etcd's four, plus the DNS server and refresh bounds.
 type srvFlags struct {
-	domain, name, caFile string
-	insecure             bool
+	domain, name, caFile, dnsServer string
+	insecure                        bool
+	minRefresh, maxRefresh          time.Duration
 }
 
 func (s *srvFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&s.domain, "discovery-srv", "", "domain whose SRV records list the members (not available in this build)")
-	fs.StringVar(&s.name, "discovery-srv-name", "", "suffix of the SRV names to query (not available in this build)")
-	fs.BoolVar(&s.insecure, "insecure-discovery", false, "use SRV-discovered members without verifying them (not available in this build)")
-	fs.StringVar(&s.caFile, "trusted-ca-file", "", "CA that verifies SRV-discovered members (not available in this build)")
+	s.minRefresh, s.maxRefresh = time.Second, 5*time.Minute
+	fs.StringVar(&s.domain, "discovery-srv", "", "domain whose SRV records (_etcd-client-ssl._tcp and _etcd-client._tcp) list the members; re-read as their TTL says")
+	fs.StringVar(&s.name, "discovery-srv-name", "", "suffix of the SRV names: _etcd-client-ssl-NAME._tcp and _etcd-client-NAME._tcp")
+	fs.BoolVar(&s.insecure, "insecure-discovery", false, "use members from _etcd-client-ssl records without verifying their TLS certificate")
+	fs.StringVar(&s.caFile, "trusted-ca-file", "", "CA that verifies members from _etcd-client-ssl records (default: the system roots)")
+	fs.StringVar(&s.dnsServer, "dns-server", "", "DNS server (host:port) for SRV discovery (default: those in /etc/resolv.conf)")
+	fs.Var(durationFlag{&s.minRefresh}, "discovery-srv-min-refresh", "shortest wait between SRV lookups, whatever the TTL")
+	fs.Var(durationFlag{&s.maxRefresh}, "discovery-srv-max-refresh", "longest wait between SRV lookups, whatever the TTL; also the longest backoff after failures")
 }
 
-func (s *srvFlags) refuse() error {
-	if s.domain != "" || s.name != "" || s.insecure || s.caFile != "" {
-		return usagef("SRV discovery (--discovery-srv and its companion flags) is not available in this build; list the members with --endpoints=host:port,...")
+// config returns the discovery configuration, nil without --discovery-srv. A discovery flag
+// given without --discovery-srv is refused rather than ignored.
+func (s *srvFlags) config(fs *flag.FlagSet, dialTimeout time.Duration) (*resolver.SRVConfig, error) {
+	if s.domain == "" {
+		var stray string
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "discovery-srv-name", "insecure-discovery", "trusted-ca-file", "dns-server", "discovery-srv-min-refresh", "discovery-srv-max-refresh":
+				stray = f.Name
+			}
+		})
+		if stray != "" {
+			return nil, usagef("--%s only applies to SRV discovery; add --discovery-srv=DOMAIN or remove it", stray)
+		}
+		return nil, nil
 	}
-	return nil
+	return &resolver.SRVConfig{
+		Domain:      s.domain,
+		ServiceName: s.name,
+		DNSServer:   s.dnsServer,
+		ResolvConf:  "/etc/resolv.conf",
+		Insecure:    s.insecure,
+		CAFile:      s.caFile,
+		MinRefresh:  s.minRefresh,
+		MaxRefresh:  s.maxRefresh,
+		DialTimeout: dialTimeout,
+	}, nil
 }
 
 // stderrIsTerminal reports whether stderr is a character device, i.e. a person is watching.
