@@ -87,7 +87,8 @@ func TestParseStartRefusesBadInput(t *testing.T) {
 		{"stray argument", []string{"10.0.1.10:2379"}, nil, "unexpected argument"},
 		{"bad log level", []string{"--log-level=loud"}, nil, "not a log level"},
 		{"bad environment value", nil, map[string]string{"ETCD_GATEWAY_RETRY_DELAY": "60"}, "ETCD_GATEWAY_RETRY_DELAY"},
-		{"SRV discovery not in this build", []string{"--discovery-srv=example.com"}, nil, "not available in this build"},
+		{"discovery flag without --discovery-srv", []string{"--trusted-ca-file=/ca.pem"}, nil, "add --discovery-srv"},
+		{"bad refresh bound", []string{"--discovery-srv=example.com", "--discovery-srv-min-refresh=1"}, nil, "with a unit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,9 +110,40 @@ func TestHelpListsEveryFlag(t *testing.T) {
 		t.Fatalf("parseStart(--help) = %v", err)
 	}
 	for _, flag := range []string{"--endpoints", "--listen-addr", "--retry-delay", "--dial-timeout", "--shutdown-timeout",
-		"--log-level", "--log-format", "--discovery-srv", "--discovery-srv-name", "--insecure-discovery", "--trusted-ca-file", "ETCD_GATEWAY_"} {
+		"--log-level", "--log-format", "--discovery-srv", "--discovery-srv-name", "--insecure-discovery", "--trusted-ca-file",
+		"--dns-server", "--discovery-srv-min-refresh", "--discovery-srv-max-refresh", "ETCD_GATEWAY_"} {
 		if !strings.Contains(out.String(), flag) {
 			t.Errorf("help does not mention %s", flag)
+		}
+	}
+}
+
+// With discovery, --endpoints is a fallback only when the user gave it, never the default.
+func TestParseStartDiscoveryFallback(t *testing.T) {
+	opts, err := parseStart([]string{"--discovery-srv=example.com", "--dns-server=127.0.0.1:5353"}, noEnv, false, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := opts.cfg.Discovery
+	if d == nil || d.Domain != "example.com" || d.DNSServer != "127.0.0.1:5353" || d.MinRefresh != time.Second || d.MaxRefresh != 5*time.Minute {
+		t.Fatalf("discovery = %+v", d)
+	}
+	if len(opts.cfg.Endpoints) != 0 {
+		t.Fatalf("default endpoints %v used with discovery", opts.cfg.Endpoints)
+	}
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+	}{
+		{[]string{"--discovery-srv=example.com", "--endpoints=10.0.1.10:2379"}, nil},
+		{[]string{"--discovery-srv=example.com"}, map[string]string{"ETCD_GATEWAY_ENDPOINTS": "10.0.1.10:2379"}},
+	} {
+		opts, err := parseStart(tt.args, envOf(tt.env), false, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(opts.cfg.Endpoints) != 1 || opts.cfg.Endpoints[0].Host != "10.0.1.10" {
+			t.Errorf("%v %v: explicit endpoints = %v, want the fallback 10.0.1.10:2379", tt.args, tt.env, opts.cfg.Endpoints)
 		}
 	}
 }

@@ -1,0 +1,317 @@
+package resolver
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/etcd-gateway/etcd-gateway/internal/dnstest"
+	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
+)
+
+const defaultTestTimeout = 10 * time.Second
+
+type refresherFixture struct {
+	dns     *dnstest.Server
+	updates *Updates
+	logs    *observer.ObservedLogs
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+func testSRVConfig(t *testing.T, s *dnstest.Server) SRVConfig {
+	guard, err := NewLoopGuard(context.Background(), "127.0.0.1:23790")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return SRVConfig{Domain: "example.com", DNSServer: s.Addr(), MinRefresh: 100 * time.Millisecond,
+		MaxRefresh: time.Minute, DialTimeout: time.Second, Guard: guard}
+}
+
+func startRefresher(t *testing.T, s *dnstest.Server, cfg SRVConfig) *refresherFixture {
+	t.Helper()
+	core, logs := observer.New(zap.DebugLevel)
+	f := &refresherFixture{dns: s, updates: NewUpdates(), logs: logs, done: make(chan error, 1)}
+	r, err := NewRefresher(cfg, f.updates, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ctx context.Context
+	ctx, f.cancel = context.WithCancel(context.Background())
+	go func() { f.done <- r.Serve(ctx) }()
+	t.Cleanup(func() {
+		f.cancel()
+		<-f.done
+	})
+	return f
+}
+
+// waitSet waits until the published set is want and returns how long that took.
+func (f *refresherFixture) waitSet(t *testing.T, want []Endpoint) time.Duration {
+	t.Helper()
+	began := time.Now()
+	deadline := time.After(defaultTestTimeout)
+	for {
+		if got, ok := f.updates.Latest(); ok && slices.Equal(got, want) {
+			return time.Since(began)
+		}
+		select {
+		case <-f.updates.Kicked():
+		case <-time.After(20 * time.Millisecond):
+		case <-deadline:
+			got, _ := f.updates.Latest()
+			t.Fatalf("published set = %v, want %v", got, want)
+		}
+	}
+}
+
+func plainZone(ttl int, members ...string) []string {
+	var zone []string
+	for i, ip := range members {
+		name := "m" + strconv.Itoa(i) + ".example.com."
+		zone = append(zone,
+			"_etcd-client._tcp.example.com. "+strconv.Itoa(ttl)+" IN SRV 0 0 2379 "+name,
+			name+" "+strconv.Itoa(ttl)+" IN A "+ip)
+	}
+	return zone
+}
+
+func plainSet(members ...string) []Endpoint {
+	var eps []Endpoint
+	for i, ip := range members {
+		eps = append(eps, Endpoint{Host: ip, Port: 2379, Target: "m" + strconv.Itoa(i) + ".example.com"})
+	}
+	return Normalize(eps)
+}
+
+// The refresher follows the zone while it runs: a member added, re-addressed, removed, each
+// within the TTL plus a second.
+func TestRefresherFollowsTheZone(t *testing.T) {
+	t.Parallel()
+	s := dnstest.Start(t)
+	s.SetZone(plainZone(1, "127.0.0.11", "127.0.0.12")...)
+	f := startRefresher(t, s, testSRVConfig(t, s))
+	f.waitSet(t, plainSet("127.0.0.11", "127.0.0.12"))
+	for _, step := range [][]string{
+		{"127.0.0.11", "127.0.0.12", "127.0.0.13"}, // added
+		{"127.0.0.11", "127.0.0.22", "127.0.0.13"}, // re-addressed
+		{"127.0.0.11", "127.0.0.22"},               // removed
+	} {
+		s.SetZone(plainZone(1, step...)...)
+		if took := f.waitSet(t, plainSet(step...)); took > 2*time.Second {
+			t.Errorf("change to %v followed after %s, TTL 1s", step, took)
+		}
+	}
+	if n := f.logs.FilterMessage("members from _etcd-client records serve without TLS and are used unauthenticated").Len(); n != 1 {
+		t.Errorf("logged the unauthenticated members %d times, want once", n)
+	}
+}
+
+// A long TTL is not re-queried early; the wait is bounded by the refresh flags.
+func TestRefresherHonoursTTL(t *testing.T) {
+	t.Parallel()
+	s := dnstest.Start(t)
+	s.SetZone(plainZone(300, "127.0.0.11")...)
+	cfg := testSRVConfig(t, s)
+	f := startRefresher(t, s, cfg)
+	f.waitSet(t, plainSet("127.0.0.11"))
+	time.Sleep(time.Second)
+	if n := s.Queries("_etcd-client._tcp.example.com.", dns.TypeSRV); n != 1 {
+		t.Errorf("queried %d times within 1s of a 300s TTL, want 1", n)
+	}
+
+	s2 := dnstest.Start(t)
+	s2.SetZone(plainZone(300, "127.0.0.11")...)
+	cfg2 := testSRVConfig(t, s2)
+	cfg2.MaxRefresh = 200 * time.Millisecond
+	f2 := startRefresher(t, s2, cfg2)
+	f2.waitSet(t, plainSet("127.0.0.11"))
+	time.Sleep(time.Second)
+	if n := s2.Queries("_etcd-client._tcp.example.com.", dns.TypeSRV); n < 3 {
+		t.Errorf("queried %d times in 1s with --discovery-srv-max-refresh=200ms, want several", n)
+	}
+}
+
+// DNS failures keep the last good set, are logged once per outage, and the refresher picks up
+// the zone again when the server recovers, also after a restart of the server.
+func TestRefresherKeepsLastGoodSetThroughFailures(t *testing.T) {
+	t.Parallel()
+	s := dnstest.Start(t)
+	s.SetZone(plainZone(1, "127.0.0.11", "127.0.0.12")...)
+	cfg := testSRVConfig(t, s)
+	cfg.MaxRefresh = 300 * time.Millisecond
+	f := startRefresher(t, s, cfg)
+	good := plainSet("127.0.0.11", "127.0.0.12")
+	f.waitSet(t, good)
+
+	outages := []func(){
+		func() { s.SetMode(dnstest.ServFail) },
+		func() { s.SetMode(dnstest.Silent) },
+		func() { s.SetMode(dnstest.Garbage) },
+		func() { s.SetZone() }, // every name gone: NXDOMAIN for both
+		func() { s.Stop() },
+	}
+	recoveries := []func(){
+		func() { s.SetMode(dnstest.Normal) },
+		func() { s.SetMode(dnstest.Normal) },
+		func() { s.SetMode(dnstest.Normal) },
+		func() { s.SetZone(plainZone(1, "127.0.0.11", "127.0.0.12")...) },
+		func() { s.Restart() },
+	}
+	for i := range outages {
+		warnBefore := f.logs.FilterMessage("SRV discovery failed; keeping the last good endpoint set and retrying").Len()
+		outages[i]()
+		deadline := time.Now().Add(defaultTestTimeout)
+		for f.logs.FilterMessage("SRV discovery failed; keeping the last good endpoint set and retrying").Len() == warnBefore {
+			if time.Now().After(deadline) {
+				t.Fatalf("outage %d: no warning", i)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(time.Second) // several failed retries later
+		if got, _ := f.updates.Latest(); !slices.Equal(got, good) {
+			t.Fatalf("outage %d: published %v, want the last good set kept", i, got)
+		}
+		if n := f.logs.FilterMessage("SRV discovery failed; keeping the last good endpoint set and retrying").Len() - warnBefore; n != 1 {
+			t.Errorf("outage %d: %d warnings, want 1", i, n)
+		}
+		recoveries[i]()
+		s.SetZone(plainZone(1, "127.0.0.11", "127.0.0.1"+strconv.Itoa(3+i))...)
+		f.waitSet(t, plainSet("127.0.0.11", "127.0.0.1"+strconv.Itoa(3+i)))
+		good = plainSet("127.0.0.11", "127.0.0.1"+strconv.Itoa(3+i))
+	}
+	if n := f.logs.FilterMessage("SRV discovery recovered").Len(); n != len(outages) {
+		t.Errorf("%d recovery lines for %d outages", n, len(outages))
+	}
+}
+
+// Explicit --endpoints serve until discovery first succeeds; nothing is published otherwise.
+func TestRefresherFallback(t *testing.T) {
+	t.Parallel()
+	s := dnstest.Start(t)
+	s.SetMode(dnstest.ServFail)
+	cfg := testSRVConfig(t, s)
+	cfg.Fallback = []Endpoint{{Host: "10.0.1.10", Port: 2379}}
+	f := startRefresher(t, s, cfg)
+	f.waitSet(t, cfg.Fallback)
+	s.SetZone(plainZone(1, "127.0.0.11")...)
+	s.SetMode(dnstest.Normal)
+	f.waitSet(t, plainSet("127.0.0.11"))
+
+	s2 := dnstest.Start(t)
+	s2.SetMode(dnstest.ServFail)
+	f2 := startRefresher(t, s2, testSRVConfig(t, s2))
+	time.Sleep(500 * time.Millisecond)
+	if got, ok := f2.updates.Latest(); ok {
+		t.Fatalf("published %v without discovery or explicit endpoints", got)
+	}
+}
+
+func TestRefresherRefusesLoop(t *testing.T) {
+	t.Parallel()
+	s := dnstest.Start(t)
+	s.SetZone(
+		"_etcd-client._tcp.example.com. 1 IN SRV 0 0 23790 self.example.com.",
+		"_etcd-client._tcp.example.com. 1 IN SRV 0 0 2379 m1.example.com.",
+		"self.example.com. 1 IN A 127.0.0.1",
+		"m1.example.com. 1 IN A 127.0.0.11",
+	)
+	f := startRefresher(t, s, testSRVConfig(t, s))
+	f.waitSet(t, []Endpoint{{Host: "127.0.0.11", Port: 2379, Target: "m1.example.com"}})
+	if n := f.logs.FilterMessage("member left out: it is the gateway's own listen address").Len(); n != 1 {
+		t.Errorf("loop logged %d times, want once", n)
+	}
+}
+
+// tlsMember serves TLS with cert on loopback and returns its port.
+func tlsMember(t *testing.T, cert tls.Certificate, clientAuth tls.ClientAuthType) uint16 {
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: clientAuth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	return uint16(ln.Addr().(*net.TCPAddr).Port)
+}
+
+func TestTLSVerification(t *testing.T) {
+	t.Parallel()
+	ca := testcert.NewCA(t, "cluster CA")
+	other := testcert.NewCA(t, "someone else")
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lo := []net.IP{net.IPv4(127, 0, 0, 1)}
+	tests := []struct {
+		name     string
+		cert     tls.Certificate
+		auth     tls.ClientAuthType
+		insecure bool
+		want     bool
+	}{
+		{"valid for the SRV domain", ca.Issue(t, []string{"example.com"}, nil), tls.NoClientCert, false, true},
+		{"valid for the target name", ca.Issue(t, []string{"m1.example.com"}, nil), tls.NoClientCert, false, true},
+		{"member requires a client certificate", ca.Issue(t, []string{"example.com"}, nil), tls.RequireAnyClientCert, false, true},
+		{"signed by another CA", other.Issue(t, []string{"example.com"}, lo), tls.NoClientCert, false, false},
+		{"valid for another name", ca.Issue(t, []string{"elsewhere.example.org"}, lo), tls.NoClientCert, false, false},
+		{"another CA, --insecure-discovery", other.Issue(t, []string{"example.com"}, nil), tls.NoClientCert, true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			port := tlsMember(t, tt.cert, tt.auth)
+			s := dnstest.Start(t)
+			p := strconv.Itoa(int(port))
+			s.SetZone(
+				"_etcd-client-ssl._tcp.example.com. 1 IN SRV 0 0 "+p+" m1.example.com.",
+				"_etcd-client._tcp.example.com. 1 IN SRV 0 0 2379 m2.example.com.",
+				"m1.example.com. 1 IN A 127.0.0.1",
+				"m2.example.com. 1 IN A 127.0.0.12",
+			)
+			cfg := testSRVConfig(t, s)
+			cfg.CAFile = caFile
+			cfg.Insecure = tt.insecure
+			f := startRefresher(t, s, cfg)
+			member := Endpoint{Host: "127.0.0.1", Port: port, Target: "m1.example.com", TLS: true}
+			plain := Endpoint{Host: "127.0.0.12", Port: 2379, Target: "m2.example.com"}
+			want := []Endpoint{plain}
+			if tt.want {
+				want = Normalize([]Endpoint{member, plain})
+			}
+			f.waitSet(t, want)
+			time.Sleep(1500 * time.Millisecond) // a refresh later, the verdict and its log stand
+			if got, _ := f.updates.Latest(); !slices.Equal(got, want) {
+				t.Fatalf("published %v, want %v", got, want)
+			}
+			refusals := f.logs.FilterMessage("member left out: its TLS certificate does not verify; fix the certificate, give its CA with --trusted-ca-file, or allow it with --insecure-discovery").Len()
+			if wantLogs := map[bool]int{true: 0, false: 1}[tt.want]; refusals != wantLogs {
+				t.Errorf("%d refusal lines, want %d", refusals, wantLogs)
+			}
+		})
+	}
+}
