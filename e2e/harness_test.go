@@ -3,11 +3,13 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -138,46 +140,73 @@ func (p *proc) exited() bool {
 type member struct {
 	name   string
 	client string // host:port of its client URL
+	peer   string // its peer URL
 	proc   *proc
 }
 
-// startCluster starts n etcd members on loopback with data on tmpfs and waits until the
+// cluster is a set of etcd members started by the test.
+type cluster struct {
+	dir       string
+	scheme    string                    // of the client URLs: http or https
+	flags     func(name string) []string // extra flags per member (TLS files)
+	clientTLS *tls.Config                // for the harness's own clients; nil for http
+	members   []*member
+}
+
+// startCluster starts n plain members on loopback with data on tmpfs and waits until the
 // cluster serves linearizable reads.
 func startCluster(t *testing.T, n int) []*member {
 	t.Helper()
-	dir := dataDir(t)
-	var members []*member
+	return launchCluster(t, n, &cluster{scheme: "http", flags: func(string) []string { return nil }}).members
+}
+
+// launchCluster starts n members of c and waits until they serve.
+func launchCluster(t *testing.T, n int, c *cluster) *cluster {
+	t.Helper()
+	c.dir = dataDir(t)
 	var peers []string
-	peerPorts := make([]int, n)
 	for i := range n {
-		peerPorts[i] = freePort(t)
-		peers = append(peers, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, peerPorts[i]))
+		m := &member{name: fmt.Sprintf("m%d", i), peer: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
+		c.members = append(c.members, m)
+		peers = append(peers, m.name+"="+m.peer)
 	}
-	for i := range n {
-		client := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		peer := fmt.Sprintf("http://127.0.0.1:%d", peerPorts[i])
-		name := fmt.Sprintf("m%d", i)
-		p := startProc(t, etcdBin,
-			"--name", name, "--data-dir", filepath.Join(dir, name),
-			"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
-			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-			"--initial-cluster", strings.Join(peers, ","), "--initial-cluster-state", "new",
-			"--initial-cluster-token", filepath.Base(dir),
-			"--unsafe-no-fsync", "--max-request-bytes", "4194304", "--log-level", "error")
-		members = append(members, &member{name: name, client: client, proc: p})
+	for _, m := range c.members {
+		c.run(t, m, strings.Join(peers, ","), "new")
 	}
+	c.waitReady(t, c.members)
+	return c
+}
+
+// run starts member m's process.
+func (c *cluster) run(t *testing.T, m *member, initialCluster, state string) {
+	t.Helper()
+	m.client = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	url := c.scheme + "://" + m.client
+	args := append([]string{
+		"--name", m.name, "--data-dir", filepath.Join(c.dir, m.name),
+		"--listen-client-urls", url, "--advertise-client-urls", url,
+		"--listen-peer-urls", m.peer, "--initial-advertise-peer-urls", m.peer,
+		"--initial-cluster", initialCluster, "--initial-cluster-state", state,
+		"--initial-cluster-token", filepath.Base(c.dir),
+		"--unsafe-no-fsync", "--max-request-bytes", "4194304", "--log-level", "error"}, c.flags(m.name)...)
+	m.proc = startProc(t, etcdBin, args...)
+}
+
+// waitReady waits until a linearizable read through members succeeds.
+func (c *cluster) waitReady(t *testing.T, members []*member) {
+	t.Helper()
 	var eps []string
 	for _, m := range members {
 		eps = append(eps, m.client)
 	}
-	c := newClient(t, eps...)
+	cl := newTLSClient(t, c.clientTLS, eps...)
 	deadline := time.Now().Add(defaultTestTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := c.Get(ctx, "health")
+		_, err := cl.Get(ctx, "health")
 		cancel()
 		if err == nil {
-			return members
+			return
 		}
 		for _, m := range members {
 			if m.proc.exited() {
@@ -189,6 +218,50 @@ func startCluster(t *testing.T, n int) []*member {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// replace removes member i from the cluster, stops it, and adds and starts a new member on new
+// ports in its place. It returns the new member.
+func (c *cluster) replace(t *testing.T, i int, name string) *member {
+	t.Helper()
+	old := c.members[i]
+	rest := slices.Delete(slices.Clone(c.members), i, i+1)
+	admin := newTLSClient(t, c.clientTLS, rest[0].client)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	list, err := admin.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mm := range list.Members {
+		if mm.Name != old.name {
+			continue
+		}
+		// etcd refuses reconfiguration until every member has been connected for a few seconds.
+		for {
+			_, err := admin.MemberRemove(ctx, mm.ID)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil || !strings.Contains(err.Error(), "unhealthy cluster") {
+				t.Fatalf("remove %s: %v", old.name, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	old.proc.kill()
+	m := &member{name: name, peer: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
+	if _, err := admin.MemberAdd(ctx, []string{m.peer}); err != nil {
+		t.Fatalf("add %s: %v", name, err)
+	}
+	var peers []string
+	for _, mm := range append(rest, m) {
+		peers = append(peers, mm.name+"="+mm.peer)
+	}
+	c.run(t, m, strings.Join(peers, ","), "existing")
+	c.members = append(rest, m)
+	c.waitReady(t, []*member{m})
+	return m
 }
 
 // leader returns the index of the cluster's leader.
@@ -229,8 +302,14 @@ type gateway struct {
 // test ends it is stopped with SIGTERM and must exit 0 without a data race.
 func startGateway(t *testing.T, members []*member, args ...string) *gateway {
 	t.Helper()
+	return startGatewayArgs(t, append([]string{"--endpoints=" + endpointsOf(members)}, args...)...)
+}
+
+// startGatewayArgs is startGateway with every flag but --listen-addr given by the caller.
+func startGatewayArgs(t *testing.T, args ...string) *gateway {
+	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	all := append([]string{"start", "--listen-addr=" + addr, "--endpoints=" + endpointsOf(members), "--log-level=debug"}, args...)
+	all := append([]string{"start", "--listen-addr=" + addr, "--log-level=debug"}, args...)
 	g := &gateway{addr: addr, proc: startProc(t, gatewayBin, all...)}
 	t.Cleanup(func() {
 		if g.proc.exited() {
@@ -267,9 +346,17 @@ func startGateway(t *testing.T, members []*member, args ...string) *gateway {
 // newClient returns a clientv3 client of endpoints, closed when the test ends.
 func newClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	t.Helper()
+	return newTLSClient(t, nil, endpoints...)
+}
+
+// newTLSClient returns a clientv3 client of endpoints that speaks TLS with cfg when it is not
+// nil, closed when the test ends.
+func newTLSClient(t *testing.T, cfg *tls.Config, endpoints ...string) *clientv3.Client {
+	t.Helper()
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
+		TLS:         cfg,
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
@@ -277,4 +364,35 @@ func newClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// memberID returns the ID of the member m, asked directly.
+func memberID(t *testing.T, c *cluster, m *member) uint64 {
+	t.Helper()
+	cl := newTLSClient(t, c.clientTLS, m.client)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	st, err := cl.Status(ctx, m.client)
+	if err != nil {
+		t.Fatalf("status of %s: %v", m.name, err)
+	}
+	return st.Header.MemberId
+}
+
+// membersThroughGateway opens n new connections through the gateway and returns how many
+// were served by each member ID.
+func membersThroughGateway(t *testing.T, addr string, cfg *tls.Config, n int) map[uint64]int {
+	t.Helper()
+	cl := newTLSClient(t, cfg, addr)
+	seen := map[uint64]int{}
+	for range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := cl.Status(ctx, addr) // a new connection for every call
+		cancel()
+		if err != nil {
+			t.Fatalf("status through the gateway: %v", err)
+		}
+		seen[st.Header.MemberId]++
+	}
+	return seen
 }
