@@ -147,7 +147,7 @@ type member struct {
 // cluster is a set of etcd members started by the test.
 type cluster struct {
 	dir       string
-	scheme    string                    // of the client URLs: http or https
+	scheme    string                     // of the client URLs: http or https
 	flags     func(name string) []string // extra flags per member (TLS files)
 	clientTLS *tls.Config                // for the harness's own clients; nil for http
 	members   []*member
