@@ -24,30 +24,43 @@ var ErrNoEndpoint = errors.New("no endpoint could be dialed")
 type Dialer struct {
 	table   *health.Table
 	reports health.Reports
+	reprobe health.Reprobe
 	timeout time.Duration
 	net     net.Dialer
 }
 
-// New returns a Dialer that picks from table, reports failures to reports, bounds each dial
-// by timeout and keeps TCP keep-alive on every backend connection.
-func New(table *health.Table, reports health.Reports, timeout, keepAlive time.Duration) *Dialer {
+// New returns a Dialer that picks from table, reports failures to reports, asks for re-probes
+// on reprobe while nothing is healthy, bounds each dial by timeout and keeps TCP keep-alive on
+// every backend connection.
+func New(table *health.Table, reports health.Reports, reprobe health.Reprobe, timeout, keepAlive time.Duration) *Dialer {
 	return &Dialer{
 		table:   table,
 		reports: reports,
+		reprobe: reprobe,
 		timeout: timeout,
 		net:     net.Dialer{Timeout: timeout, KeepAlive: keepAlive},
 	}
 }
 
-// Dial connects to an available endpoint chosen per RFC 2782: the lowest priority first,
-// weighted within it (round robin when all weights are 0). When that endpoint fails it tries
-// the rest of its priority, then the next priority. When none is available, or all of them
-// fail, it tries every other known endpoint as the last resort. Until the first endpoint set is known it waits for
-// one for up to the dial timeout.
+// Dial connects to an endpoint in rotation (healthy, or degraded while none is healthy) chosen
+// per RFC 2782: the lowest priority first, weighted within it (round robin when all weights
+// are 0). When that endpoint fails it tries the rest of its priority, then the next priority.
+// When none is in rotation, or all of them fail, it tries every other known endpoint as the
+// last resort. While no endpoint is healthy it asks for an immediate re-probe, and while none
+// is even degraded it holds the client for up to the dial timeout waiting for one. Until the
+// first endpoint set is known it waits for one for up to the dial timeout.
 func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
 	snap, err := d.waitForEndpoints(ctx)
 	if err != nil {
 		return nil, resolver.Endpoint{}, err
+	}
+	if snap.HealthyCount() == 0 {
+		d.reprobe.Offer()
+		if len(snap.Available()) == 0 {
+			if snap, err = d.waitForRotation(ctx, snap); err != nil {
+				return nil, resolver.Endpoint{}, err
+			}
+		}
 	}
 	cursor := snap.Next()
 	tiers := snap.Tiers()
@@ -78,14 +91,11 @@ func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, err
 
 // dialOne dials ep. It returns a connection, or an error that ends the attempt for this client
 // (the gateway itself is out of descriptors or shutting down), or neither when ep failed and the
-// next endpoint should be tried. lastResort marks an endpoint not currently available, whose
-// success is reported so that it takes connections again.
+// next endpoint should be tried. lastResort marks an endpoint already out of rotation, whose
+// failure is not news.
 func (d *Dialer) dialOne(ctx context.Context, ep resolver.Endpoint, lastResort bool) (*net.TCPConn, error) {
 	c, err := d.net.DialContext(ctx, "tcp", ep.Addr())
 	if err == nil {
-		if lastResort {
-			d.reports.Offer(health.Report{Endpoint: ep, Available: true})
-		}
 		return c.(*net.TCPConn), nil
 	}
 	if ctx.Err() != nil {
@@ -95,7 +105,7 @@ func (d *Dialer) dialOne(ctx context.Context, ep resolver.Endpoint, lastResort b
 		return nil, fmt.Errorf("dial %s: %w", ep, err)
 	}
 	if !lastResort {
-		d.reports.Offer(health.Report{Endpoint: ep, Available: false, Err: err})
+		d.reports.Offer(health.Report{Endpoint: ep, State: health.Down, Reason: err.Error(), FromDial: true})
 	}
 	return nil, nil
 }
@@ -115,6 +125,24 @@ func (d *Dialer) waitForEndpoints(ctx context.Context) (*health.Snapshot, error)
 			snap = d.table.Load()
 		case <-t.C:
 			return nil, fmt.Errorf("no endpoint known yet: %w", ErrNoEndpoint)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return snap, nil
+}
+
+// waitForRotation waits up to the dial timeout for an endpoint to come into rotation, and
+// returns the latest snapshot either way.
+func (d *Dialer) waitForRotation(ctx context.Context, snap *health.Snapshot) (*health.Snapshot, error) {
+	t := time.NewTimer(d.timeout)
+	defer t.Stop()
+	for len(snap.Available()) == 0 {
+		select {
+		case <-snap.Changed():
+			snap = d.table.Load()
+		case <-t.C:
+			return snap, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}

@@ -40,11 +40,14 @@ func start(t *testing.T, dialTimeout, retryDelay time.Duration, addrs ...string)
 func startEndpoints(t *testing.T, dialTimeout, retryDelay time.Duration, eps []resolver.Endpoint) *fixture {
 	t.Helper()
 	f := &fixture{table: health.NewTable(), reports: health.NewReports(64)}
+	reprobe := health.NewReprobe()
 	updates := resolver.NewUpdates()
 	updates.Publish(resolver.Normalize(eps))
 	m := health.NewManager(health.ManagerConfig{
-		Table: f.table, Updates: updates, Reports: f.reports,
-		RetryDelay: retryDelay, DialTimeout: dialTimeout, Log: zap.NewNop(),
+		Table: f.table, Updates: updates, Reports: f.reports, Reprobe: reprobe,
+		Probe: health.ProbeConfig{Mode: health.CheckTCP, Interval: time.Hour, Timeout: dialTimeout,
+			RetryDelay: retryDelay, Rise: 1, Fall: 1},
+		Log: zap.NewNop(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -57,7 +60,7 @@ func startEndpoints(t *testing.T, dialTimeout, retryDelay time.Duration, eps []r
 		<-done
 	})
 	waitFor(t, "the first endpoint set", func() bool { return len(f.table.Load().Known()) == len(eps) })
-	f.dialer = dialer.New(f.table, f.reports, dialTimeout, 0)
+	f.dialer = dialer.New(f.table, f.reports, reprobe, dialTimeout, 0)
 	return f
 }
 
@@ -158,19 +161,25 @@ func TestFailedDialMovesClientToNextEndpoint(t *testing.T) {
 	}
 }
 
-func TestLastResortTriesEveryKnownEndpoint(t *testing.T) {
+// With no endpoint in rotation, a client triggers an immediate re-probe and is held until an
+// endpoint comes back, instead of being refused; retry-delay does not delay it.
+func TestNothingHealthyReprobesAndHoldsTheClient(t *testing.T) {
 	closed := testnet.ClosedPort(t)
 	good := testnet.Named(t, "late")
-	f := start(t, 200*time.Millisecond, time.Hour, closed, good.Addr())
-	// Make both unavailable: the closed port by a failed dial, the good one by a report.
-	f.reports <- health.Report{Endpoint: mustEndpoint(t, good.Addr()), Available: false, Err: errors.New("test")}
-	f.reports <- health.Report{Endpoint: mustEndpoint(t, closed), Available: false, Err: errors.New("test")}
-	waitFor(t, "no endpoint available", func() bool { return len(f.table.Load().Available()) == 0 })
+	f := start(t, 2*time.Second, time.Hour, closed, good.Addr())
+	waitFor(t, "the closed port to be down", func() bool { return len(f.table.Load().Available()) == 1 })
+	// A failed dial marks the good one down too: nothing is in rotation.
+	f.reports <- health.Report{Endpoint: mustEndpoint(t, good.Addr()), State: health.Down, Reason: "test", FromDial: true}
+	waitFor(t, "no endpoint in rotation", func() bool { return len(f.table.Load().Available()) == 0 })
 
+	began := time.Now()
 	if name := greeting(t, f.dialer); name != "late" {
 		t.Fatalf("served by %q", name)
 	}
-	waitFor(t, "the endpoint that answered to be available again", func() bool {
+	if took := time.Since(began); took > time.Second {
+		t.Errorf("client waited %s for a member that answers at once", took)
+	}
+	waitFor(t, "the endpoint that answered to be back in rotation", func() bool {
 		av := f.table.Load().Available()
 		return len(av) == 1 && av[0].Addr() == good.Addr()
 	})
@@ -219,7 +228,7 @@ func TestPriorityTiers(t *testing.T) {
 			t.Fatalf("connection %d went to %q while a priority-0 endpoint was available", i, name)
 		}
 	}
-	f.reports <- health.Report{Endpoint: eps[0], Err: errors.New("test: primary down")}
+	f.reports <- health.Report{Endpoint: eps[0], State: health.Down, Reason: "test: primary down", FromDial: true}
 	waitFor(t, "the primary to be unavailable", func() bool { return len(f.table.Load().Available()) == 1 })
 	for i := range 10 {
 		if name := greeting(t, f.dialer); name != "backup" {

@@ -3,7 +3,6 @@ package health
 import (
 	"context"
 	"slices"
-	"time"
 
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
@@ -15,38 +14,38 @@ import (
 // runs one Prober per endpoint in a supervisor of its own, and turns Reports from the dialer
 // and the probers into new Snapshots, logging each transition once.
 type Manager struct {
-	table       *Table
-	updates     *resolver.Updates
-	reports     Reports
-	retryDelay  time.Duration
-	dialTimeout time.Duration
-	proberSpec  suture.Spec
-	log         *zap.Logger
+	table      *Table
+	updates    *resolver.Updates
+	reports    Reports
+	reprobe    Reprobe
+	probe      ProbeConfig
+	proberSpec suture.Spec
+	log        *zap.Logger
 }
 
 var _ suture.Service = (*Manager)(nil)
 
 // ManagerConfig is what a Manager needs; the channels and the table outlive its restarts.
 type ManagerConfig struct {
-	Table       *Table
-	Updates     *resolver.Updates
-	Reports     Reports
-	RetryDelay  time.Duration // how long an unavailable endpoint waits before it is probed
-	DialTimeout time.Duration // bound of every probe
-	ProberSpec  suture.Spec   // spec of the supervisor that runs the probers
-	Log         *zap.Logger
+	Table      *Table
+	Updates    *resolver.Updates
+	Reports    Reports
+	Reprobe    Reprobe
+	Probe      ProbeConfig
+	ProberSpec suture.Spec // spec of the supervisor that runs the probers
+	Log        *zap.Logger
 }
 
 // NewManager returns a Manager for cfg.
 func NewManager(cfg ManagerConfig) *Manager {
 	return &Manager{
-		table:       cfg.Table,
-		updates:     cfg.Updates,
-		reports:     cfg.Reports,
-		retryDelay:  cfg.RetryDelay,
-		dialTimeout: cfg.DialTimeout,
-		proberSpec:  cfg.ProberSpec,
-		log:         cfg.Log.Named("health"),
+		table:      cfg.Table,
+		updates:    cfg.Updates,
+		reports:    cfg.Reports,
+		reprobe:    cfg.Reprobe,
+		probe:      cfg.Probe,
+		proberSpec: cfg.ProberSpec,
+		log:        cfg.Log.Named("health"),
 	}
 }
 
@@ -55,9 +54,10 @@ func (m *Manager) String() string { return "health/manager" }
 
 // member is the Manager's per-run state of one endpoint.
 type member struct {
-	available bool
-	down      chan struct{} // wakes the endpoint's prober
-	token     suture.ServiceToken
+	state      State
+	markedDown chan struct{} // tells the prober a dial failed
+	now        chan struct{} // asks the prober to probe at once
+	token      suture.ServiceToken
 }
 
 // run is the state of one Serve call; a restarted Manager starts a new run from the Table.
@@ -82,29 +82,34 @@ func (m *Manager) Serve(ctx context.Context) error {
 		<-probersDone
 	}()
 
-	prev := m.table.Load()
 	if set, ok := m.updates.Latest(); ok {
-		r.follow(set, prev)
+		r.follow(set)
 	}
 	for {
 		select {
 		case <-m.updates.Kicked():
 			set, _ := m.updates.Latest()
-			r.follow(set, m.table.Load())
+			r.follow(set)
 		case rep := <-m.reports:
 			r.record(rep)
+		case <-m.reprobe:
+			for _, mb := range r.members {
+				signal(mb.now)
+			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// follow makes set the current endpoint set. A new endpoint starts available unless prev says
-// it is not, so that a restarted Manager keeps what the last one learnt.
-func (r *run) follow(set []resolver.Endpoint, prev *Snapshot) {
+// follow makes set the current endpoint set. A new endpoint starts healthy, so clients are
+// served at once, and is probed at once; a known one keeps the state the Table holds, so that
+// a restarted Manager keeps what the last one learnt.
+func (r *run) follow(set []resolver.Endpoint) {
 	if slices.Equal(set, r.set) {
 		return
 	}
+	prev := r.m.table.Load()
 	keep := make(map[resolver.Endpoint]bool, len(set))
 	for _, ep := range set {
 		keep[ep] = true
@@ -119,14 +124,16 @@ func (r *run) follow(set []resolver.Endpoint, prev *Snapshot) {
 		if r.members[ep] != nil {
 			continue
 		}
-		mb := &member{
-			available: !slices.Contains(prev.Known(), ep) || slices.Contains(prev.Available(), ep),
-			down:      make(chan struct{}, 1),
+		state, known := prev.State(ep)
+		if !known {
+			state = Healthy
 		}
-		mb.token = r.probers.Add(newProber(ep, r.m.retryDelay, r.m.dialTimeout, mb.down, r.m.reports, r.m.log))
-		if !mb.available {
-			mb.down <- struct{}{}
-		}
+		mb := &member{state: state, markedDown: make(chan struct{}, 1), now: make(chan struct{}, 1)}
+		mb.token = r.probers.Add(&Prober{
+			ep: ep, cfg: r.m.probe, state: state, table: r.m.table,
+			markedDown: mb.markedDown, now: mb.now, out: r.m.reports,
+			log: r.m.log.With(zap.Stringer("endpoint", ep)),
+		})
 		r.members[ep] = mb
 	}
 	r.set = slices.Clone(set)
@@ -137,36 +144,41 @@ func (r *run) follow(set []resolver.Endpoint, prev *Snapshot) {
 // record applies one Report; only a change of state is logged and published.
 func (r *run) record(rep Report) {
 	mb := r.members[rep.Endpoint]
-	if mb == nil || mb.available == rep.Available {
+	if mb == nil || mb.state == rep.State {
 		return
 	}
-	mb.available = rep.Available
-	if rep.Available {
-		r.m.log.Info("endpoint available", zap.Stringer("endpoint", rep.Endpoint))
-	} else {
-		r.m.log.Info("endpoint unavailable",
-			zap.Stringer("endpoint", rep.Endpoint),
-			zap.NamedError("reason", rep.Err),
-			zap.Duration("retry_in", r.m.retryDelay))
-		select {
-		case mb.down <- struct{}{}:
-		default:
-		}
+	old := mb.state
+	mb.state = rep.State
+	r.m.log.Info("endpoint state changed",
+		zap.Stringer("endpoint", rep.Endpoint),
+		zap.Stringer("from", old),
+		zap.Stringer("to", rep.State),
+		zap.String("reason", rep.Reason),
+		zap.Bool("failed_dial", rep.FromDial))
+	if rep.FromDial {
+		signal(mb.markedDown)
 	}
 	r.publish()
 }
 
 // publish stores a Snapshot of the current state.
 func (r *run) publish() {
-	var available []resolver.Endpoint
-	for _, ep := range r.set {
-		if r.members[ep].available {
-			available = append(available, ep)
-		}
+	states := make([]State, len(r.set))
+	for i, ep := range r.set {
+		states[i] = r.members[ep].state
 	}
-	if len(available) == 0 && len(r.set) > 0 {
-		r.m.log.Warn("no endpoint available; every client connection tries each known endpoint",
-			zap.Int("known", len(r.set)))
+	snap := NewSnapshot(r.set, states)
+	if snap.HealthyCount() == 0 && len(r.set) > 0 && r.m.table.Load().HealthyCount() > 0 {
+		r.m.log.Warn("no endpoint healthy; using degraded endpoints, or trying every known one for each client",
+			zap.Int("known", len(r.set)), zap.Int("degraded", len(snap.Available())))
 	}
-	r.m.table.store(NewSnapshot(r.set, available))
+	r.m.table.store(snap)
+}
+
+// signal wakes a capacity-1 channel without blocking.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }

@@ -32,8 +32,9 @@ func newManagerFixture(retryDelay time.Duration) *managerFixture {
 	core, logs := observer.New(zap.DebugLevel)
 	f := &managerFixture{table: NewTable(), updates: resolver.NewUpdates(), reports: NewReports(16), logs: logs}
 	f.m = NewManager(ManagerConfig{
-		Table: f.table, Updates: f.updates, Reports: f.reports,
-		RetryDelay: retryDelay, DialTimeout: time.Second, Log: zap.New(core),
+		Table: f.table, Updates: f.updates, Reports: f.reports, Reprobe: NewReprobe(),
+		Probe: ProbeConfig{Mode: CheckTCP, Interval: time.Hour, Timeout: time.Second, RetryDelay: retryDelay, Rise: 1, Fall: 1},
+		Log:   zap.New(core),
 	})
 	return f
 }
@@ -74,7 +75,11 @@ func (f *managerFixture) waitAvailable(t *testing.T, want ...resolver.Endpoint) 
 	}
 }
 
-func (f *managerFixture) count(msg string) int { return f.logs.FilterMessage(msg).Len() }
+// transitions counts the logged state changes of ep to state.
+func (f *managerFixture) transitions(ep resolver.Endpoint, to State) int {
+	return f.logs.FilterMessage("endpoint state changed").FilterField(zap.Stringer("endpoint", ep)).
+		FilterField(zap.Stringer("to", to)).Len()
+}
 
 func endpointOf(t *testing.T, addr string) resolver.Endpoint {
 	t.Helper()
@@ -87,7 +92,10 @@ func endpointOf(t *testing.T, addr string) resolver.Endpoint {
 
 func TestManagerPublishesTheSetAsAvailable(t *testing.T) {
 	f := newManagerFixture(time.Hour)
-	a, b := resolver.Endpoint{Host: "a", Port: 1}, resolver.Endpoint{Host: "b", Port: 2}
+	a, b := endpointOf(t, testnet.Echo(t).Addr()), endpointOf(t, testnet.Echo(t).Addr())
+	if b.Port < a.Port {
+		a, b = b, a
+	}
 	f.updates.Publish([]resolver.Endpoint{a, b})
 	f.run(t)
 	f.waitAvailable(t, a, b)
@@ -117,7 +125,7 @@ func TestManagerFailedEndpointComesBackThroughItsProber(t *testing.T) {
 	f.waitAvailable(t, resolver.Normalize([]resolver.Endpoint{down, other})...)
 
 	for range 3 {
-		f.reports <- Report{Endpoint: down, Err: errors.New("connection refused")}
+		f.reports <- Report{Endpoint: down, State: Down, Reason: "connection refused", FromDial: true}
 	}
 	f.waitAvailable(t, other)
 	time.Sleep(3 * retryDelay) // probes fail while nothing listens
@@ -135,11 +143,11 @@ func TestManagerFailedEndpointComesBackThroughItsProber(t *testing.T) {
 	if took := time.Since(began); took > 10*retryDelay {
 		t.Errorf("endpoint came back %s after it answered, with a retry delay of %s", took, retryDelay)
 	}
-	if n := f.count("endpoint unavailable"); n != 1 {
-		t.Errorf("logged %d 'endpoint unavailable' lines for one outage, want 1", n)
+	if n := f.transitions(down, Down); n != 1 {
+		t.Errorf("logged %d transitions to down for one outage, want 1", n)
 	}
-	if n := f.count("endpoint available"); n != 1 {
-		t.Errorf("logged %d 'endpoint available' lines for one recovery, want 1", n)
+	if n := f.transitions(down, Healthy); n != 1 {
+		t.Errorf("logged %d transitions to healthy for one recovery, want 1", n)
 	}
 }
 
@@ -149,14 +157,14 @@ func TestManagerRestartKeepsState(t *testing.T) {
 	ln := testnet.LocalListener(t)
 	addr := ln.Addr().String()
 	down := endpointOf(t, addr)
-	other := resolver.Endpoint{Host: "127.0.0.1", Port: 1}
+	other := endpointOf(t, testnet.Echo(t).Addr())
 	ln.Close()
 	f := newManagerFixture(20 * time.Millisecond)
 	set := resolver.Normalize([]resolver.Endpoint{down, other})
 	f.updates.Publish(set)
 	stop := f.run(t)
 	f.waitAvailable(t, set...)
-	f.reports <- Report{Endpoint: down, Err: errors.New("refused")}
+	f.reports <- Report{Endpoint: down, State: Down, Reason: "refused", FromDial: true}
 	f.waitAvailable(t, other)
 	stop()
 
@@ -175,7 +183,7 @@ func TestManagerRestartKeepsState(t *testing.T) {
 
 func TestSnapshotCopiesAndSignalsChange(t *testing.T) {
 	known := []resolver.Endpoint{{Host: "a", Port: 1}}
-	s := NewSnapshot(known, known)
+	s := NewSnapshot(known, []State{Healthy})
 	known[0].Port = 2
 	if s.Known()[0].Port != 1 || s.Available()[0].Port != 1 {
 		t.Fatal("snapshot shares the caller's slice")

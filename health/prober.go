@@ -2,7 +2,6 @@ package health
 
 import (
 	"context"
-	"net"
 	"time"
 
 	"github.com/thejerf/suture/v4"
@@ -11,78 +10,111 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
-// Prober tries one unavailable endpoint again, every retry delay, until a TCP connect to it
-// succeeds, and then reports it available. It idles while the endpoint is available. Client
-// traffic never does this job, so one dead member costs clients nothing while others serve.
+// ProbeConfig is how every endpoint is probed.
+type ProbeConfig struct {
+	Mode       CheckMode     // --health-check
+	Interval   time.Duration // --health-interval: between probes of a healthy or degraded endpoint
+	Timeout    time.Duration // --health-timeout: bound of each probe
+	RetryDelay time.Duration // --retry-delay: between probes of a down endpoint while others are healthy
+	Rise       int           // consecutive better results before the state improves
+	Fall       int           // consecutive worse results before the state worsens
+	TLS        TLSConfig     // for members found through _etcd-client-ssl
+}
+
+// Prober probes one endpoint and reports changes of its state to the Manager. A down endpoint
+// is probed every retry delay while others are healthy, and every interval while none is, so
+// the gateway serves again as soon as any member is back. It is a suture service, restarted
+// with the state the Manager holds.
 type Prober struct {
 	ep         resolver.Endpoint
-	retryDelay time.Duration
-	dialer     net.Dialer
-	down       <-chan struct{}
+	cfg        ProbeConfig
+	state      State           // the state the Manager holds when the prober starts
+	table      *Table          // read to know whether other endpoints are healthy
+	markedDown <-chan struct{} // the Manager marked the endpoint down after a failed dial
+	now        <-chan struct{} // probe at once
 	out        Reports
 	log        *zap.Logger
 }
 
 var _ suture.Service = (*Prober)(nil)
 
-func newProber(ep resolver.Endpoint, retryDelay, timeout time.Duration, down <-chan struct{}, out Reports, log *zap.Logger) *Prober {
-	return &Prober{
-		ep:         ep,
-		retryDelay: retryDelay,
-		dialer:     net.Dialer{Timeout: timeout},
-		down:       down,
-		out:        out,
-		log:        log.With(zap.Stringer("endpoint", ep)),
-	}
-}
-
 // String names the service in supervisor events.
 func (p *Prober) String() string { return "prober/" + p.ep.String() }
 
-// Serve waits for the endpoint to go down, then probes it until it is back, forever.
+// Serve probes until ctx ends.
 func (p *Prober) Serve(ctx context.Context) error {
+	chk := newChecker(p.ep, p.cfg.Mode, p.cfg.Timeout, p.cfg.TLS)
+	defer chk.close()
+	state := p.state
+	var pending State // the result being counted toward a change
+	streak := 0
 	for {
-		select {
-		case <-p.down:
-		case <-ctx.Done():
+		began := time.Now()
+		got, reason := chk.check(ctx)
+		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err := p.untilUp(ctx); err != nil {
-			return err
+		if ce := p.log.Check(zap.DebugLevel, "probed"); ce != nil {
+			ce.Write(zap.Stringer("state", got), zap.String("reason", reason))
 		}
-	}
-}
-
-// untilUp probes every retry delay until a probe succeeds, then reports the endpoint available.
-func (p *Prober) untilUp(ctx context.Context) error {
-	t := time.NewTimer(p.retryDelay)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		err := p.probe(ctx)
-		if err == nil {
-			select {
-			case p.out <- Report{Endpoint: p.ep, Available: true}:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
+		if got == state {
+			streak = 0
+		} else {
+			if got != pending || streak == 0 {
+				pending, streak = got, 0
+			}
+			streak++
+			need := p.cfg.Rise
+			if got < state {
+				need = p.cfg.Fall
+			}
+			if streak >= need {
+				state, streak = got, 0
+				select {
+				case p.out <- Report{Endpoint: p.ep, State: got, Reason: reason}:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 		}
-		if ce := p.log.Check(zap.DebugLevel, "probe failed"); ce != nil {
-			ce.Write(zap.Error(err))
+		var err error
+		if state, err = p.wait(ctx, began, state); err != nil {
+			return err
 		}
-		t.Reset(p.retryDelay)
+		if state == Down {
+			streak = 0
+		}
 	}
 }
 
-func (p *Prober) probe(ctx context.Context) error {
-	c, err := p.dialer.DialContext(ctx, "tcp", p.ep.Addr())
-	if err != nil {
-		return err
+// wait sleeps until the next probe is due, and returns early when asked to probe at once or
+// when the Manager marks the endpoint down (which it then returns as the new state).
+func (p *Prober) wait(ctx context.Context, began time.Time, state State) (State, error) {
+	for {
+		snap := p.table.Load()
+		every := p.cfg.Interval
+		if state == Down && snap.HealthyCount() > 0 {
+			every = p.cfg.RetryDelay
+		}
+		left := time.Until(began.Add(every))
+		if left <= 0 {
+			return state, nil
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-t.C:
+			return state, nil
+		case <-p.now:
+			t.Stop()
+			return state, nil
+		case <-p.markedDown:
+			t.Stop()
+			state = Down
+		case <-snap.Changed():
+			t.Stop()
+		case <-ctx.Done():
+			t.Stop()
+			return state, ctx.Err()
+		}
 	}
-	return c.Close()
 }

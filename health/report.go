@@ -4,9 +4,10 @@ import "github.com/etcd-gateway/etcd-gateway/resolver"
 
 // Report tells the Manager what a dial or a probe found out about one endpoint.
 type Report struct {
-	Endpoint  resolver.Endpoint
-	Available bool
-	Err       error // why it is unavailable; nil when Available
+	Endpoint resolver.Endpoint
+	State    State
+	Reason   string // why it is not healthy; empty when healthy
+	FromDial bool   // a client's dial failed, as opposed to a probe's verdict
 }
 
 // Reports carries Reports to the Manager. It is created once by the supervisor and outlives
@@ -22,6 +23,21 @@ func NewReports(buffer int) Reports { return make(Reports, buffer) }
 func (r Reports) Offer(rep Report) {
 	select {
 	case r <- rep:
+	default:
+	}
+}
+
+// Reprobe asks the Manager to probe every endpoint at once; the dialer uses it when no
+// endpoint is healthy. Its capacity of one coalesces requests.
+type Reprobe chan struct{}
+
+// NewReprobe returns a Reprobe channel.
+func NewReprobe() Reprobe { return make(Reprobe, 1) }
+
+// Offer asks for a re-probe without blocking.
+func (r Reprobe) Offer() {
+	select {
+	case r <- struct{}{}:
 	default:
 	}
 }

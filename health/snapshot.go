@@ -8,38 +8,67 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
-// Snapshot is one immutable view of the endpoints: every known endpoint and the ones available
-// for new connections. Only its round-robin cursor changes. Readers must not modify the slices
-// it returns.
+// Snapshot is one immutable view of the endpoints: every known endpoint with its state, and
+// the ones in rotation for new connections: the healthy ones, or the degraded ones while none
+// is healthy. Only its round-robin cursor changes. Readers must not modify the slices it
+// returns.
 type Snapshot struct {
 	known     []resolver.Endpoint
+	states    []State
+	healthy   int
 	available []resolver.Endpoint
 	tiers     []Tier
 	cursor    atomic.Uint32
 	changed   chan struct{}
 }
 
-// NewSnapshot builds a Snapshot from copies of known and available, both sorted by priority.
-// Its cursor starts at a random index so that gateways restarted together do not all pick the
-// same member first.
-func NewSnapshot(known, available []resolver.Endpoint) *Snapshot {
+// NewSnapshot builds a Snapshot of known (sorted by priority) whose states[i] is the state of
+// known[i]. Its cursor starts at a random index so that gateways restarted together do not all
+// pick the same member first.
+func NewSnapshot(known []resolver.Endpoint, states []State) *Snapshot {
 	s := &Snapshot{
-		known:     slices.Clone(known),
-		available: slices.Clone(available),
-		tiers:     buildTiers(available),
-		changed:   make(chan struct{}),
+		known:   slices.Clone(known),
+		states:  slices.Clone(states),
+		changed: make(chan struct{}),
 	}
+	for _, st := range states {
+		if st == Healthy {
+			s.healthy++
+		}
+	}
+	inRotation := Healthy
+	if s.healthy == 0 {
+		inRotation = Degraded
+	}
+	for i, ep := range s.known {
+		if s.states[i] == inRotation {
+			s.available = append(s.available, ep)
+		}
+	}
+	s.tiers = buildTiers(s.available)
 	s.cursor.Store(rand.Uint32())
 	return s
 }
 
-// Known returns every endpoint of the current set, available or not.
+// Known returns every endpoint of the current set, whatever its state.
 func (s *Snapshot) Known() []resolver.Endpoint { return s.known }
 
-// Available returns the endpoints that take new connections.
+// State returns the state of ep, and false when ep is not known.
+func (s *Snapshot) State(ep resolver.Endpoint) (State, bool) {
+	i := slices.Index(s.known, ep)
+	if i < 0 {
+		return Down, false
+	}
+	return s.states[i], true
+}
+
+// HealthyCount returns how many endpoints are healthy.
+func (s *Snapshot) HealthyCount() int { return s.healthy }
+
+// Available returns the endpoints in rotation for new connections.
 func (s *Snapshot) Available() []resolver.Endpoint { return s.available }
 
-// Tiers returns the available endpoints grouped by SRV priority, lowest first.
+// Tiers returns the endpoints in rotation grouped by SRV priority, lowest first.
 func (s *Snapshot) Tiers() []Tier { return s.tiers }
 
 // Next advances the round-robin cursor and returns its new value; callers index with it modulo

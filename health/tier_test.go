@@ -67,7 +67,8 @@ func TestBuildTiersGroupsByPriority(t *testing.T) {
 }
 
 func TestPickDoesNotAllocate(t *testing.T) {
-	s := NewSnapshot(nil, []resolver.Endpoint{ep("a", 0, 10), ep("b", 0, 20), ep("c", 1, 0)})
+	eps := []resolver.Endpoint{ep("a", 0, 10), ep("b", 0, 20), ep("c", 1, 0)}
+	s := NewSnapshot(eps, []State{Healthy, Healthy, Healthy})
 	allocs := testing.AllocsPerRun(1000, func() {
 		tiers := s.Tiers()
 		tiers[0].Pick(s.Next())
@@ -78,7 +79,8 @@ func TestPickDoesNotAllocate(t *testing.T) {
 }
 
 func BenchmarkPick(b *testing.B) {
-	s := NewSnapshot(nil, []resolver.Endpoint{ep("a", 0, 0), ep("b", 0, 0), ep("c", 0, 0)})
+	eps := []resolver.Endpoint{ep("a", 0, 0), ep("b", 0, 0), ep("c", 0, 0)}
+	s := NewSnapshot(eps, []State{Healthy, Healthy, Healthy})
 	b.ReportAllocs()
 	for b.Loop() {
 		tiers := s.Tiers()

@@ -25,7 +25,7 @@ type Forwarder struct {
 	wg     sync.WaitGroup
 
 	mu   sync.Mutex
-	live map[*net.TCPConn]struct{} // client side of every connection
+	live map[*net.TCPConn]resolver.Endpoint // client side of every connection → its member, once dialed
 }
 
 // NewForwarder returns a Forwarder that dials backends with dial.
@@ -36,7 +36,7 @@ func NewForwarder(dial DialFunc, log *zap.Logger) *Forwarder {
 		log:    log.Named("listener"),
 		ctx:    ctx,
 		cancel: cancel,
-		live:   make(map[*net.TCPConn]struct{}),
+		live:   make(map[*net.TCPConn]resolver.Endpoint),
 	}
 }
 
@@ -55,7 +55,7 @@ func (f *Forwarder) Active() int {
 
 func (f *Forwarder) serve(client *net.TCPConn) {
 	defer f.wg.Done()
-	f.track(client)
+	f.track(client, resolver.Endpoint{})
 	defer f.untrack(client)
 	defer func() {
 		if p := recover(); p != nil {
@@ -73,6 +73,7 @@ func (f *Forwarder) serve(client *net.TCPConn) {
 		}
 		return
 	}
+	f.track(client, ep)
 	up, down, err := pipe(client, backend)
 	if ce := f.log.Check(zap.DebugLevel, "proxied connection closed"); ce != nil {
 		ce.Write(zap.Stringer("remote_addr", client.RemoteAddr()), zap.Stringer("endpoint", ep),
@@ -81,10 +82,36 @@ func (f *Forwarder) serve(client *net.TCPConn) {
 	}
 }
 
-func (f *Forwarder) track(c *net.TCPConn) {
+func (f *Forwarder) track(c *net.TCPConn, ep resolver.Endpoint) {
 	f.mu.Lock()
-	f.live[c] = struct{}{}
+	f.live[c] = ep
 	f.mu.Unlock()
+}
+
+// Evict closes every connection proxied to ep, spread evenly over spread so that their clients
+// do not all reconnect at once. It returns how many it closed.
+func (f *Forwarder) Evict(ctx context.Context, ep resolver.Endpoint, spread time.Duration) int {
+	f.mu.Lock()
+	var victims []*net.TCPConn
+	for c, to := range f.live {
+		if to == ep {
+			victims = append(victims, c)
+		}
+	}
+	f.mu.Unlock()
+	for i, c := range victims {
+		if i > 0 {
+			t := time.NewTimer(spread / time.Duration(len(victims)))
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return i
+			}
+		}
+		c.Close()
+	}
+	return len(victims)
 }
 
 func (f *Forwarder) untrack(c *net.TCPConn) {

@@ -70,6 +70,12 @@ func (v *verifier) verify(ctx context.Context, ep Endpoint) error {
 }
 
 func (v *verifier) check(chain []*x509.Certificate, target string) error {
+	return VerifyServer(chain, v.roots, v.domain, target)
+}
+
+// VerifyServer checks a member's certificate chain against roots (the system roots when nil)
+// and accepts it when it is valid for any of names (empty names are skipped).
+func VerifyServer(chain []*x509.Certificate, roots *x509.CertPool, names ...string) error {
 	if len(chain) == 0 {
 		return errors.New("member sent no certificate")
 	}
@@ -77,14 +83,13 @@ func (v *verifier) check(chain []*x509.Certificate, target string) error {
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: v.roots, Intermediates: inter}); err != nil {
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter}); err != nil {
 		return fmt.Errorf("certificate not trusted: %w", err)
 	}
-	if err := chain[0].VerifyHostname(v.domain); err == nil {
-		return nil
+	for _, name := range names {
+		if name != "" && chain[0].VerifyHostname(name) == nil {
+			return nil
+		}
 	}
-	if target != "" && chain[0].VerifyHostname(target) == nil {
-		return nil
-	}
-	return fmt.Errorf("certificate is valid for neither %q nor %q", v.domain, target)
+	return fmt.Errorf("certificate is valid for none of %q", names)
 }

@@ -2,9 +2,14 @@ package supervisor
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"time"
+
+	"github.com/etcd-gateway/etcd-gateway/health"
 
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
@@ -18,6 +23,56 @@ type Config struct {
 	DialTimeout     time.Duration       // bound of every dial to a member and of every probe
 	ShutdownTimeout time.Duration       // how long live connections may finish after a stop signal
 	KeepAlive       time.Duration       // TCP keep-alive period on both legs; 0 means Go's 15s
+	Health          HealthConfig
+}
+
+// HealthConfig is how members are probed and what happens to a sick member's connections.
+type HealthConfig struct {
+	Check    health.CheckMode // readyz, health or tcp
+	Interval time.Duration
+	Timeout  time.Duration
+	Rise     int
+	Fall     int
+	CertFile string // client certificate for probes of members that require one
+	KeyFile  string
+	Evict    bool // close the connections of a member that turns down or degraded
+}
+
+// DefaultHealth is the health configuration of the flags' defaults.
+func DefaultHealth() HealthConfig {
+	return HealthConfig{Check: health.CheckReadyz, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1, Evict: true}
+}
+
+// probeConfig loads the probe TLS material and returns the probers' configuration.
+func (cfg Config) probeConfig() (health.ProbeConfig, error) {
+	pc := health.ProbeConfig{
+		Mode: cfg.Health.Check, Interval: cfg.Health.Interval, Timeout: cfg.Health.Timeout,
+		RetryDelay: cfg.RetryDelay, Rise: cfg.Health.Rise, Fall: cfg.Health.Fall,
+	}
+	if (cfg.Health.CertFile == "") != (cfg.Health.KeyFile == "") {
+		return pc, errors.New("--health-cert-file and --health-key-file go together; give both or neither")
+	}
+	if cfg.Health.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.Health.CertFile, cfg.Health.KeyFile)
+		if err != nil {
+			return pc, fmt.Errorf("--health-cert-file/--health-key-file: %v", err)
+		}
+		pc.TLS.Certificates = []tls.Certificate{cert}
+	}
+	if d := cfg.Discovery; d != nil {
+		pc.TLS.Domain = d.Domain
+		if d.CAFile != "" {
+			pem, err := os.ReadFile(d.CAFile)
+			if err != nil {
+				return pc, fmt.Errorf("--trusted-ca-file: %v", err)
+			}
+			pc.TLS.Roots = x509.NewCertPool()
+			if !pc.TLS.Roots.AppendCertsFromPEM(pem) {
+				return pc, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", d.CAFile)
+			}
+		}
+	}
+	return pc, nil
 }
 
 // Validate checks cfg before anything is bound: the listen address, the durations, and that no
@@ -42,6 +97,15 @@ func (cfg Config) Validate(ctx context.Context) error {
 		if d.val < 0 {
 			return fmt.Errorf("%s=%s is negative; give a positive duration such as 1s", d.flag, d.val)
 		}
+	}
+	if cfg.Health.Interval <= 0 || cfg.Health.Timeout <= 0 {
+		return errors.New("--health-interval and --health-timeout must be positive durations, such as 1s")
+	}
+	if cfg.Health.Rise < 1 || cfg.Health.Fall < 1 {
+		return errors.New("--health-rise and --health-fall must be at least 1")
+	}
+	if _, err := cfg.probeConfig(); err != nil {
+		return err
 	}
 	if cfg.DialTimeout == 0 {
 		return errors.New("--dial-timeout=0 would let a dead member hold clients forever; give a positive duration such as 1s")

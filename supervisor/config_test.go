@@ -13,7 +13,7 @@ func TestValidate(t *testing.T) {
 	ep := func(host string, port uint16) []resolver.Endpoint {
 		return []resolver.Endpoint{{Host: "10.0.1.10", Port: 2379}, {Host: host, Port: port}}
 	}
-	valid := Config{ListenAddr: "127.0.0.1:23790", Endpoints: ep("127.0.0.1", 2379), RetryDelay: time.Minute, DialTimeout: time.Second}
+	valid := Config{ListenAddr: "127.0.0.1:23790", Endpoints: ep("127.0.0.1", 2379), RetryDelay: time.Minute, DialTimeout: time.Second, Health: DefaultHealth()}
 	tests := []struct {
 		name    string
 		change  func(*Config)

@@ -44,10 +44,16 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 	if err != nil {
 		return nil, &BindError{Addr: cfg.ListenAddr, Err: err}
 	}
+	probe, err := cfg.probeConfig()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
 	table := health.NewTable()
 	reports := health.NewReports(reportBuffer)
+	reprobe := health.NewReprobe()
 	updates := resolver.NewUpdates()
-	dial := dialer.New(table, reports, cfg.DialTimeout, cfg.KeepAlive)
+	dial := dialer.New(table, reports, reprobe, cfg.DialTimeout, cfg.KeepAlive)
 	fwd := listener.NewForwarder(dial.Dial, log)
 
 	hook := EventHook(log)
@@ -56,6 +62,9 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 	// flapping probers, and restart quickly: the socket and connections survive it.
 	listenSup := suture.New("listener", suture.Spec{EventHook: hook, FailureBackoff: time.Second})
 	listenSup.Add(listener.NewService(ln, fwd, log))
+	if cfg.Health.Evict {
+		listenSup.Add(listener.NewEvictor(table, fwd, log))
+	}
 	tree.Add(listenSup)
 	if cfg.Discovery == nil {
 		tree.Add(resolver.NewStatic(cfg.Endpoints, updates))
@@ -75,13 +84,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 	}
 	healthSup := suture.New("health", suture.Spec{EventHook: hook})
 	healthSup.Add(health.NewManager(health.ManagerConfig{
-		Table:       table,
-		Updates:     updates,
-		Reports:     reports,
-		RetryDelay:  cfg.RetryDelay,
-		DialTimeout: cfg.DialTimeout,
-		ProberSpec:  suture.Spec{EventHook: hook},
-		Log:         log,
+		Table:      table,
+		Updates:    updates,
+		Reports:    reports,
+		Reprobe:    reprobe,
+		Probe:      probe,
+		ProberSpec: suture.Spec{EventHook: hook},
+		Log:        log,
 	}))
 	tree.Add(healthSup)
 	return &Gateway{cfg: cfg, log: log, ln: ln, fwd: fwd, tree: tree}, nil
@@ -103,7 +112,10 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		zap.Stringers("endpoints", g.cfg.Endpoints),
 		zap.String("discovery_srv", discovery),
 		zap.Duration("retry_delay", g.cfg.RetryDelay),
-		zap.Duration("dial_timeout", g.cfg.DialTimeout))
+		zap.Duration("dial_timeout", g.cfg.DialTimeout),
+		zap.String("health_check", string(g.cfg.Health.Check)),
+		zap.Duration("health_interval", g.cfg.Health.Interval),
+		zap.Bool("evict_unhealthy", g.cfg.Health.Evict))
 	stopAccepting := context.AfterFunc(ctx, func() { g.ln.Close() })
 	defer stopAccepting()
 	err := g.tree.Serve(ctx)

@@ -48,7 +48,7 @@ func echoConfig(t *testing.T, n int) Config {
 		}
 		eps = append(eps, ep)
 	}
-	return Config{ListenAddr: "127.0.0.1:0", Endpoints: eps, RetryDelay: time.Minute, DialTimeout: time.Second, ShutdownTimeout: time.Second}
+	return Config{ListenAddr: "127.0.0.1:0", Endpoints: eps, RetryDelay: time.Minute, DialTimeout: time.Second, ShutdownTimeout: time.Second, Health: DefaultHealth()}
 }
 
 func echoOnce(t *testing.T, c net.Conn, msg string) {
@@ -152,7 +152,7 @@ func TestGatewayIPv6AndUnresolvableEndpoints(t *testing.T) {
 	// Not a valid DNS name, so the lookup fails without a query leaving the machine.
 	unresolvable := resolver.Endpoint{Host: "unresolvable!host", Port: 2379}
 	cfg := Config{ListenAddr: "127.0.0.1:0", Endpoints: []resolver.Endpoint{unresolvable, v6},
-		RetryDelay: time.Minute, DialTimeout: time.Second, ShutdownTimeout: time.Second}
+		RetryDelay: time.Minute, DialTimeout: time.Second, ShutdownTimeout: time.Second, Health: DefaultHealth()}
 	if err := cfg.Validate(context.Background()); err != nil {
 		t.Fatalf("Validate = %v", err)
 	}

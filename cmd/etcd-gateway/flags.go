@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 	"github.com/etcd-gateway/etcd-gateway/supervisor"
 )
@@ -77,6 +78,25 @@ func (f levelFlag) Set(s string) error {
 	return nil
 }
 
+// checkFlag is a flag.Value for --health-check.
+type checkFlag struct{ m *health.CheckMode }
+
+func (f checkFlag) String() string {
+	if f.m == nil {
+		return ""
+	}
+	return string(*f.m)
+}
+
+func (f checkFlag) Set(s string) error {
+	m, err := health.ParseCheckMode(s)
+	if err != nil {
+		return err
+	}
+	*f.m = m
+	return nil
+}
+
 // formatFlag is a flag.Value for the log format.
 type formatFlag struct{ s *string }
 
@@ -104,6 +124,7 @@ func parseStart(args []string, getenv func(string) (string, bool), stderrIsTermi
 			RetryDelay:      time.Minute,
 			DialTimeout:     time.Second,
 			ShutdownTimeout: 10 * time.Second,
+			Health:          supervisor.DefaultHealth(),
 		},
 		logLevel:  zapcore.InfoLevel,
 		logFormat: "auto",
@@ -118,6 +139,15 @@ func parseStart(args []string, getenv func(string) (string, bool), stderrIsTermi
 	fs.Var(durationFlag{&opts.cfg.ShutdownTimeout}, "shutdown-timeout", "on SIGINT or SIGTERM, how long live connections may finish before they are closed")
 	fs.Var(levelFlag{&opts.logLevel}, "log-level", "debug, info, warn or error")
 	fs.Var(formatFlag{&opts.logFormat}, "log-format", "json, console, or auto: console when stderr is a terminal, json otherwise")
+	h := &opts.cfg.Health
+	fs.Var(checkFlag{&h.Check}, "health-check", "how members are probed: readyz (GET /readyz, falling back to /health, then TCP), health (GET /health, falling back to TCP) or tcp")
+	fs.Var(durationFlag{&h.Interval}, "health-interval", "time between probes of each member")
+	fs.Var(durationFlag{&h.Timeout}, "health-timeout", "bound of each probe; a member that does not answer in time is down")
+	fs.IntVar(&h.Rise, "health-rise", h.Rise, "consecutive better probe results before a member's state improves")
+	fs.IntVar(&h.Fall, "health-fall", h.Fall, "consecutive worse probe results before a member's state worsens")
+	fs.StringVar(&h.CertFile, "health-cert-file", "", "client certificate for probing TLS members that require one")
+	fs.StringVar(&h.KeyFile, "health-key-file", "", "key of --health-cert-file")
+	fs.BoolVar(&h.Evict, "evict-unhealthy", h.Evict, "close the connections of a member that turns down, or degraded while another is healthy, so its clients reconnect to a healthy one")
 	var discovery srvFlags
 	discovery.register(fs)
 	help := fs.Bool("help", false, "show this help")

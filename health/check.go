@@ -1,0 +1,199 @@
+package health
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+// CheckMode is how members are probed.
+type CheckMode string
+
+// The probe modes. Each falls back to the next when the member cannot answer it: /readyz is
+// missing before etcd 3.5.11 and 3.4.29, and a member may not speak HTTP on its port at all.
+const (
+	CheckReadyz CheckMode = "readyz" // GET /readyz: ready for linearizable reads, not a learner, no corruption
+	CheckHealth CheckMode = "health" // GET /health: no alarm, a leader, a linearizable read
+	CheckTCP    CheckMode = "tcp"    // a TCP connect
+)
+
+// ParseCheckMode parses --health-check.
+func ParseCheckMode(s string) (CheckMode, error) {
+	switch m := CheckMode(s); m {
+	case CheckReadyz, CheckHealth, CheckTCP:
+		return m, nil
+	}
+	return "", fmt.Errorf("%q is not a health check; use readyz, health or tcp", s)
+}
+
+// TLSConfig is what probes of TLS members need.
+type TLSConfig struct {
+	Roots        *x509.CertPool    // nil: the system roots
+	Certificates []tls.Certificate // a client certificate, for members that require one
+	Domain       string            // the SRV domain, one name a member's certificate may be valid for
+}
+
+// checker probes one endpoint. It is used by one goroutine only.
+type checker struct {
+	ep      resolver.Endpoint
+	mode    CheckMode
+	timeout time.Duration
+	client  *http.Client
+	dialer  net.Dialer
+}
+
+func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg TLSConfig) *checker {
+	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}}
+	transport := &http.Transport{
+		DialContext:         c.dialer.DialContext,
+		MaxIdleConnsPerHost: 1,
+		IdleConnTimeout:     time.Minute,
+		DisableCompression:  true,
+	}
+	if ep.TLS {
+		roots := tlsCfg.Roots
+		transport.TLSClientConfig = &tls.Config{
+			Certificates: tlsCfg.Certificates,
+			// Verified below against the SRV domain or the target, as discovery did.
+			InsecureSkipVerify: true,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				if err := resolver.VerifyServer(cs.PeerCertificates, roots, tlsCfg.Domain, ep.Target); err != nil {
+					return &untrustedError{err}
+				}
+				return nil
+			},
+		}
+	}
+	c.client = &http.Client{Transport: transport, Timeout: timeout}
+	return c
+}
+
+// close releases the kept-alive probe connection.
+func (c *checker) close() { c.client.CloseIdleConnections() }
+
+// httpOutcome says whether an HTTP probe gave a verdict.
+type httpOutcome int
+
+const (
+	answered    httpOutcome = iota // the verdict stands
+	missingPath                    // 404: the member lacks this endpoint; use the next mode from now on
+	notHTTP                        // no usable HTTP answer this time; fall back to a TCP connect
+)
+
+// check probes once and returns the endpoint's state and, unless healthy, why.
+func (c *checker) check(ctx context.Context) (State, string) {
+	for c.mode != CheckTCP {
+		st, reason, outcome := c.checkHTTP(ctx)
+		switch outcome {
+		case answered:
+			return st, reason
+		case missingPath:
+			if c.mode == CheckReadyz {
+				c.mode = CheckHealth
+			} else {
+				c.mode = CheckTCP
+			}
+		case notHTTP:
+			return c.checkTCP(ctx)
+		}
+	}
+	return c.checkTCP(ctx)
+}
+
+func (c *checker) checkTCP(ctx context.Context) (State, string) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	conn, err := c.dialer.DialContext(ctx, "tcp", c.ep.Addr())
+	if err != nil {
+		return Down, err.Error()
+	}
+	conn.Close()
+	return Healthy, ""
+}
+
+// checkHTTP does GET /readyz or /health and returns the verdict and whether it stands.
+func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
+	scheme := "http"
+	if c.ep.TLS {
+		scheme = "https"
+	}
+	path := "/readyz"
+	if c.mode == CheckHealth {
+		path = "/health"
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+c.ep.Addr()+path, nil)
+	if err != nil {
+		return Down, err.Error(), answered
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		var opErr *net.OpError
+		var netErr net.Error
+		var untrusted *untrustedError
+		switch {
+		case errors.As(err, &untrusted):
+			return Down, untrusted.Error(), answered
+		case errors.As(err, &opErr) && opErr.Op == "dial":
+			return Down, opErr.Err.Error(), answered
+		case errors.As(err, &netErr) && netErr.Timeout(), ctx.Err() != nil:
+			return Down, fmt.Sprintf("no answer to GET %s within %s", path, c.timeout), answered
+		}
+		return Down, err.Error(), notHTTP
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		return Down, "", missingPath
+	case resp.StatusCode == http.StatusOK && c.mode == CheckReadyz:
+		return Healthy, "", answered
+	case resp.StatusCode == http.StatusOK:
+		var h struct{ Health, Reason string }
+		if json.Unmarshal(body, &h) == nil && h.Health == "true" {
+			return Healthy, "", answered
+		}
+		return Degraded, "/health: " + strings.TrimSpace(string(body)), answered
+	case resp.StatusCode >= 500:
+		reason := failedChecks(body)
+		if strings.Contains(reason, "non_learner") {
+			return Down, "learner: " + reason, answered // a learner serves no client requests
+		}
+		return Degraded, reason, answered
+	default:
+		return Down, fmt.Sprintf("GET %s answered %s", path, resp.Status), notHTTP
+	}
+}
+
+// untrustedError is a member certificate that does not verify: the member is down for us,
+// whatever a TCP connect would say.
+type untrustedError struct{ err error }
+
+func (e *untrustedError) Error() string { return "TLS: " + e.err.Error() }
+
+func (e *untrustedError) Unwrap() error { return e.err }
+
+// failedChecks condenses an unhealthy answer: the "[-]" lines of /readyz, or /health's JSON.
+func failedChecks(body []byte) string {
+	var failed []string
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "[-]") {
+			failed = append(failed, strings.TrimPrefix(line, "[-]"))
+		}
+	}
+	if len(failed) > 0 {
+		return strings.Join(failed, "; ")
+	}
+	return strings.TrimSpace(string(body))
+}

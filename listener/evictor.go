@@ -1,0 +1,64 @@
+package listener
+
+import (
+	"context"
+	"time"
+
+	"github.com/thejerf/suture/v4"
+	"go.uber.org/zap"
+
+	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+// evictionSpread is the longest time over which one endpoint's connections are closed.
+const evictionSpread = time.Second
+
+// Evictor closes the proxied connections of an endpoint that turns down, or degraded while
+// another is healthy, so that their clients reconnect through the gateway to a healthy member.
+type Evictor struct {
+	table *health.Table
+	fwd   *Forwarder
+	log   *zap.Logger
+}
+
+var _ suture.Service = (*Evictor)(nil)
+
+// NewEvictor returns an Evictor of fwd's connections that follows table.
+func NewEvictor(table *health.Table, fwd *Forwarder, log *zap.Logger) *Evictor {
+	return &Evictor{table: table, fwd: fwd, log: log.Named("listener")}
+}
+
+// String names the service in supervisor events.
+func (e *Evictor) String() string { return "listener/evictor" }
+
+// Serve watches the snapshots until ctx ends.
+func (e *Evictor) Serve(ctx context.Context) error {
+	prev := e.table.Load()
+	for {
+		select {
+		case <-prev.Changed():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		cur := e.table.Load()
+		for _, ep := range cur.Known() {
+			if !evictable(cur, ep) || evictable(prev, ep) {
+				continue
+			}
+			state, _ := cur.State(ep)
+			if n := e.fwd.Evict(ctx, ep, evictionSpread); n > 0 {
+				e.log.Info("closed connections to an unhealthy endpoint; their clients reconnect to a healthy one",
+					zap.Stringer("endpoint", ep), zap.Stringer("state", state), zap.Int("connections", n))
+			}
+		}
+		prev = cur
+	}
+}
+
+// evictable reports whether connections to ep should be closed in snap: it is down, or
+// degraded while another endpoint is healthy.
+func evictable(snap *health.Snapshot, ep resolver.Endpoint) bool {
+	state, known := snap.State(ep)
+	return known && (state == health.Down || state == health.Degraded && snap.HealthyCount() > 0)
+}
