@@ -208,13 +208,16 @@ func TestKillMemberWhileClientsConnect(t *testing.T) {
 
 // oneRequest opens a new client connection through the gateway and does one Get with a 3 s
 // timeout, as the fault workloads of the benchmarks do.
-func oneRequest(addr, key string) error {
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+func oneRequest(addr, key string) error { return oneRequestTimeout(addr, key, 3*time.Second) }
+
+// oneRequestTimeout is oneRequest with another timeout.
+func oneRequestTimeout(addr, key string, timeout time.Duration) error {
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: timeout, Logger: zap.NewNop()})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	_, err = c.Get(ctx, key)
 	return err

@@ -141,7 +141,14 @@ type member struct {
 	name   string
 	client string // host:port of its client URL
 	peer   string // its peer URL
+	args   []string
 	proc   *proc
+}
+
+// restart starts a stopped member again with the same flags and data.
+func (m *member) restart(t *testing.T) {
+	t.Helper()
+	m.proc = startProc(t, etcdBin, m.args...)
 }
 
 // cluster is a set of etcd members started by the test.
@@ -189,6 +196,7 @@ func (c *cluster) run(t *testing.T, m *member, initialCluster, state string) {
 		"--initial-cluster", initialCluster, "--initial-cluster-state", state,
 		"--initial-cluster-token", filepath.Base(c.dir),
 		"--unsafe-no-fsync", "--max-request-bytes", "4194304", "--log-level", "error"}, c.flags(m.name)...)
+	m.args = args
 	m.proc = startProc(t, etcdBin, args...)
 }
 

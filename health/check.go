@@ -56,7 +56,7 @@ func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tls
 	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}}
 	transport := &http.Transport{
 		DialContext:         c.dialer.DialContext,
-		MaxIdleConnsPerHost: 1,
+		MaxIdleConnsPerHost: 2, // the readiness and the liveness request
 		IdleConnTimeout:     time.Minute,
 		DisableCompression:  true,
 	}
@@ -121,24 +121,25 @@ func (c *checker) checkTCP(ctx context.Context) (State, string) {
 	return Healthy, ""
 }
 
-// checkHTTP does GET /readyz or /health and returns the verdict and whether it stands.
+// checkHTTP does GET /readyz or /health and returns the verdict and whether it stands. With it
+// goes a liveness request (/livez, or /health?serializable=true), so that a member that is
+// alive but cannot serve a linearizable read in time (no leader) is degraded, not down.
 func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
-	scheme := "http"
-	if c.ep.TLS {
-		scheme = "https"
-	}
-	path := "/readyz"
+	path, live := "/readyz", "/livez"
 	if c.mode == CheckHealth {
-		path = "/health"
+		path, live = "/health", "/health?serializable=true"
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+c.ep.Addr()+path, nil)
-	if err != nil {
-		return Down, err.Error(), answered
+	liveness := make(chan probeAnswer, 1)
+	go func() { liveness <- c.get(ctx, live) }()
+	ready := c.get(ctx, path)
+	if ready.err != nil {
+		cancel()
 	}
-	resp, err := c.client.Do(req)
-	if err != nil {
+	alive := <-liveness
+
+	if err := ready.err; err != nil {
 		var opErr *net.OpError
 		var netErr net.Error
 		var untrusted *untrustedError
@@ -147,33 +148,60 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 			return Down, untrusted.Error(), answered
 		case errors.As(err, &opErr) && opErr.Op == "dial":
 			return Down, opErr.Err.Error(), answered
-		case errors.As(err, &netErr) && netErr.Timeout(), ctx.Err() != nil:
+		case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, context.DeadlineExceeded):
+			if alive.err == nil && alive.status == http.StatusOK {
+				return Degraded, fmt.Sprintf("alive, but no answer to GET %s within %s", path, c.timeout), answered
+			}
 			return Down, fmt.Sprintf("no answer to GET %s within %s", path, c.timeout), answered
 		}
 		return Down, err.Error(), notHTTP
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	switch {
-	case resp.StatusCode == http.StatusNotFound:
+	switch status, body := ready.status, ready.body; {
+	case status == http.StatusNotFound:
 		return Down, "", missingPath
-	case resp.StatusCode == http.StatusOK && c.mode == CheckReadyz:
+	case status == http.StatusOK && c.mode == CheckReadyz:
 		return Healthy, "", answered
-	case resp.StatusCode == http.StatusOK:
+	case status == http.StatusOK:
 		var h struct{ Health, Reason string }
 		if json.Unmarshal(body, &h) == nil && h.Health == "true" {
 			return Healthy, "", answered
 		}
 		return Degraded, "/health: " + strings.TrimSpace(string(body)), answered
-	case resp.StatusCode >= 500:
+	case status >= 500:
 		reason := failedChecks(body)
 		if strings.Contains(reason, "non_learner") {
 			return Down, "learner: " + reason, answered // a learner serves no client requests
 		}
 		return Degraded, reason, answered
 	default:
-		return Down, fmt.Sprintf("GET %s answered %s", path, resp.Status), notHTTP
+		return Down, fmt.Sprintf("GET %s answered %d", path, status), notHTTP
 	}
+}
+
+// probeAnswer is the outcome of one probe request.
+type probeAnswer struct {
+	status int
+	body   []byte
+	err    error
+}
+
+// get does one GET of path on the member.
+func (c *checker) get(ctx context.Context, path string) probeAnswer {
+	scheme := "http"
+	if c.ep.TLS {
+		scheme = "https"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+c.ep.Addr()+path, nil)
+	if err != nil {
+		return probeAnswer{err: err}
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return probeAnswer{err: err}
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return probeAnswer{status: resp.StatusCode, body: body}
 }
 
 // untrustedError is a member certificate that does not verify: the member is down for us,

@@ -210,3 +210,24 @@ func TestParseCheckMode(t *testing.T) {
 		t.Error("ParseCheckMode accepted options")
 	}
 }
+
+// A member that is alive but cannot serve a linearizable read in time (no leader: /readyz
+// hangs) is degraded, not down.
+func TestCheckAliveButNotReadyInTime(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	ep := fakeMember(t, map[string]http.HandlerFunc{
+		"/readyz": func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		},
+		"/livez": answer(200, "ok\n"),
+	}, nil)
+	c := newChecker(ep, CheckReadyz, 200*time.Millisecond, TLSConfig{})
+	defer c.close()
+	if got, reason := c.check(context.Background()); got != Degraded || !strings.Contains(reason, "alive") {
+		t.Errorf("check = %s %q, want degraded", got, reason)
+	}
+}
