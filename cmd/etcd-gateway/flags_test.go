@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -35,6 +36,9 @@ func TestParseStartDefaultsMatchEtcdGateway(t *testing.T) {
 	}
 	if cfg.RetryDelay != time.Minute || cfg.DialTimeout != time.Second {
 		t.Errorf("retry-delay %s, dial-timeout %s", cfg.RetryDelay, cfg.DialTimeout)
+	}
+	if h := cfg.Health; h.Check != health.CheckReadyz || h.Interval != time.Second || h.Timeout != time.Second || !h.Evict {
+		t.Errorf("health defaults = %+v", h)
 	}
 	if opts.logFormat != "json" || opts.logLevel != zapcore.InfoLevel {
 		t.Errorf("log %s %s, want json info off a terminal", opts.logFormat, opts.logLevel)
@@ -88,6 +92,8 @@ func TestParseStartRefusesBadInput(t *testing.T) {
 		{"bad log level", []string{"--log-level=loud"}, nil, "not a log level"},
 		{"bad environment value", nil, map[string]string{"ETCD_GATEWAY_RETRY_DELAY": "60"}, "ETCD_GATEWAY_RETRY_DELAY"},
 		{"discovery flag without --discovery-srv", []string{"--trusted-ca-file=/ca.pem"}, nil, "add --discovery-srv"},
+		{"bad health check", []string{"--health-check=options"}, nil, "not a health check"},
+		{"health interval without unit", []string{"--health-interval=5"}, nil, "with a unit"},
 		{"bad refresh bound", []string{"--discovery-srv=example.com", "--discovery-srv-min-refresh=1"}, nil, "with a unit"},
 	}
 	for _, tt := range tests {
@@ -111,7 +117,9 @@ func TestHelpListsEveryFlag(t *testing.T) {
 	}
 	for _, flag := range []string{"--endpoints", "--listen-addr", "--retry-delay", "--dial-timeout", "--shutdown-timeout",
 		"--log-level", "--log-format", "--discovery-srv", "--discovery-srv-name", "--insecure-discovery", "--trusted-ca-file",
-		"--dns-server", "--discovery-srv-min-refresh", "--discovery-srv-max-refresh", "ETCD_GATEWAY_"} {
+		"--dns-server", "--discovery-srv-min-refresh", "--discovery-srv-max-refresh",
+		"--health-check", "--health-interval", "--health-timeout", "--health-rise", "--health-fall",
+		"--health-cert-file", "--health-key-file", "--evict-unhealthy", "ETCD_GATEWAY_"} {
 		if !strings.Contains(out.String(), flag) {
 			t.Errorf("help does not mention %s", flag)
 		}
@@ -145,5 +153,17 @@ func TestParseStartDiscoveryFallback(t *testing.T) {
 		if len(opts.cfg.Endpoints) != 1 || opts.cfg.Endpoints[0].Host != "10.0.1.10" {
 			t.Errorf("%v %v: explicit endpoints = %v, want the fallback 10.0.1.10:2379", tt.args, tt.env, opts.cfg.Endpoints)
 		}
+	}
+}
+
+func TestParseStartHealthFlags(t *testing.T) {
+	opts, err := parseStart([]string{"--health-check=tcp", "--health-interval=250ms", "--evict-unhealthy=false", "--health-fall=3"},
+		envOf(map[string]string{"ETCD_GATEWAY_HEALTH_TIMEOUT": "400ms"}), false, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := opts.cfg.Health
+	if h.Check != health.CheckTCP || h.Interval != 250*time.Millisecond || h.Timeout != 400*time.Millisecond || h.Evict || h.Fall != 3 {
+		t.Fatalf("health = %+v", h)
 	}
 }
