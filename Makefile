@@ -2,7 +2,7 @@
 GO ?= go
 export CGO_ENABLED ?= 0
 
-.PHONY: build test unit e2e demo etcd lint clean
+.PHONY: build test unit e2e demo etcd lint clean haproxy bench-faults
 
 ## build: the static etcd-gateway binary in bin/
 build:
@@ -20,6 +20,7 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	cd e2e && $(GO) vet ./...
+	cd bench && $(GO) vet ./...
 
 # The race detector needs cgo.
 unit:
@@ -31,6 +32,13 @@ e2e:
 ## demo: a local 3-member etcd cluster on loopback and the gateway in the foreground (Ctrl-C stops all)
 demo: build etcd
 	./scripts/demo.sh
+
+haproxy:
+	@command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy; }
+
+## bench-faults: member faults against etcd-gateway, etcd's gateway and HAProxy, in one run
+bench-faults: build etcd haproxy
+	cd bench && $(GO) run ./faults -gateway ../bin/etcd-gateway -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy)
 
 clean:
 	rm -rf bin e2e/bin

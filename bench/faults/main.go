@@ -1,0 +1,300 @@
+// Command faults measures how etcd-gateway, etcd's own gateway and HAProxy (with etcd's
+// /readyz as its health check) hide member faults from clients: a member killed, frozen, an
+// endpoint that drops SYNs, a connected client's member freezing, and a full outage. Every
+// candidate runs the same scenarios on a fresh 3-member etcd cluster in the same run; the
+// workload is 4 workers, each opening a new client connection and doing one Get with a 3 s
+// timeout. It prints one Markdown table.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+func main() {
+	gateway := flag.String("gateway", "bin/etcd-gateway", "etcd-gateway binary")
+	etcd := flag.String("etcd", "e2e/bin/etcd", "etcd binary (also etcd's gateway)")
+	haproxy := flag.String("haproxy", "haproxy", "HAProxy binary")
+	window := flag.Duration("window", 12*time.Second, "how long each fault lasts under load")
+	flag.Parse()
+	work, err := os.MkdirTemp("", "etcd-gateway-faults")
+	if err != nil {
+		fail(err)
+	}
+	defer os.RemoveAll(work)
+
+	scenarios := []scenario{
+		{"one member killed with SIGKILL: failed requests", killMember},
+		{"one member frozen with SIGSTOP: failed requests", freezeMember},
+		{"one listed endpoint drops SYNs: failed requests", synDrop},
+		{"a connected client's member freezes: time until that client is served again", stuckClient},
+		{"all members die, then come back: time from the first ready member to proxy serves", fullOutage},
+	}
+	candidates := proxies(*gateway, *etcd, *haproxy, work)
+	results := make([][]string, len(scenarios))
+	for si, sc := range scenarios {
+		for _, px := range candidates {
+			fmt.Fprintf(os.Stderr, "%s / %s ...\n", px.name, sc.name)
+			r, err := runScenario(*etcd, px, sc, *window)
+			if err != nil {
+				r = "error: " + err.Error()
+			}
+			fmt.Fprintf(os.Stderr, "  %s\n", r)
+			results[si] = append(results[si], r)
+		}
+	}
+	fmt.Printf("\n| fault (%s under load, 4 workers, new connection + Get with 3 s timeout each) |", *window)
+	for _, px := range candidates {
+		fmt.Printf(" %s |", px.name)
+	}
+	fmt.Printf("\n|---|")
+	for range candidates {
+		fmt.Printf("---|")
+	}
+	fmt.Println()
+	for si, sc := range scenarios {
+		fmt.Printf("| %s |", sc.name)
+		for _, r := range results[si] {
+			fmt.Printf(" %s |", r)
+		}
+		fmt.Println()
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "faults:", err)
+	os.Exit(1)
+}
+
+// env is what a scenario works with.
+type env struct {
+	etcd    string
+	cluster *cluster
+	proxy   *process
+	addr    string
+	window  time.Duration
+}
+
+type scenario struct {
+	name string
+	run  func(e *env) (string, error)
+}
+
+func runScenario(etcd string, px proxy, sc scenario, window time.Duration) (string, error) {
+	c, err := startCluster(etcd)
+	if err != nil {
+		return "", err
+	}
+	defer c.stop()
+	eps := c.endpoints()
+	if sc.name == "one listed endpoint drops SYNs: failed requests" {
+		dropper, closeDropper, err := synDropper()
+		if err != nil {
+			return "", err
+		}
+		defer closeDropper()
+		eps = append(eps, dropper)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+	p, err := px.start(addr, eps)
+	if err != nil {
+		return "", err
+	}
+	defer p.kill()
+	if err := waitListening(addr); err != nil {
+		return "", err
+	}
+	time.Sleep(2 * time.Second) // let health checks settle
+	return sc.run(&env{etcd: etcd, cluster: c, proxy: p, addr: addr, window: window})
+}
+
+func newClient(addr string) (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+}
+
+// oneRequest opens a new client connection and does one Get with a 3 s timeout.
+func oneRequest(addr string) error {
+	c, err := newClient(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err = c.Get(ctx, "bench")
+	return err
+}
+
+// underLoad runs the 4 workers for the window while fault happens at its start, and returns
+// "failed of total".
+func underLoad(e *env, fault func()) string {
+	var total, failed int
+	var mu sync.Mutex
+	stop := time.Now().Add(e.window)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				err := oneRequest(e.addr)
+				mu.Lock()
+				total++
+				if err != nil {
+					failed++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	fault()
+	wg.Wait()
+	return fmt.Sprintf("%d failed of %d", failed, total)
+}
+
+func killMember(e *env) (string, error) {
+	victim := e.cluster.members[(e.cluster.leader()+1)%3]
+	return underLoad(e, victim.proc.kill), nil
+}
+
+func freezeMember(e *env) (string, error) {
+	victim := e.cluster.members[(e.cluster.leader()+1)%3]
+	return underLoad(e, func() { victim.proc.signal(syscall.SIGSTOP) }), nil
+}
+
+func synDrop(e *env) (string, error) { return underLoad(e, func() {}), nil }
+
+// stuckClient finds a client whose connection is served by a follower, freezes that member,
+// and measures how long the client's next Get (30 s timeout) takes to succeed.
+func stuckClient(e *env) (string, error) {
+	victim := e.cluster.members[(e.cluster.leader()+1)%3]
+	direct, err := newClient(victim.client)
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	st, err := direct.Status(ctx, victim.client)
+	cancel()
+	direct.Close()
+	if err != nil {
+		return "", err
+	}
+	var stuck *clientv3.Client
+	for range 100 {
+		c, err := newClient(e.addr)
+		if err != nil {
+			return "", err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		resp, err := c.Get(ctx, "which")
+		cancel()
+		if err == nil && resp.Header.MemberId == st.Header.MemberId {
+			stuck = c
+			break
+		}
+		c.Close()
+	}
+	if stuck == nil {
+		return "", errors.New("no connection through the proxy reached the chosen member")
+	}
+	defer stuck.Close()
+	victim.proc.signal(syscall.SIGSTOP)
+	frozen := time.Now()
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := stuck.Get(ctx, "after-freeze"); err != nil {
+		return "never (> 30 s)", nil
+	}
+	return fmt.Sprintf("%.2f s", time.Since(frozen).Seconds()), nil
+}
+
+// fullOutage kills every member, restarts them, and measures from the first member ready to
+// the first request served through the proxy (1 s timeout per try, up to 90 s).
+func fullOutage(e *env) (string, error) {
+	for _, m := range e.cluster.members {
+		m.proc.kill()
+	}
+	time.Sleep(3 * time.Second)
+	for _, m := range e.cluster.members {
+		if err := m.restart(e.etcd); err != nil {
+			return "", err
+		}
+	}
+	readyCh := make(chan time.Time, 1)
+	go func() {
+		first, _ := e.cluster.waitReady(30 * time.Second)
+		readyCh <- first
+	}()
+	deadline := time.Now().Add(90 * time.Second)
+	var served time.Time
+	for time.Now().Before(deadline) {
+		c, err := newClient(e.addr)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, err = c.Get(ctx, "back")
+			cancel()
+			c.Close()
+			if err == nil {
+				served = time.Now()
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ready := <-readyCh
+	if served.IsZero() {
+		return "never (> 90 s)", nil
+	}
+	return fmt.Sprintf("%.2f s", max(served.Sub(ready), 0).Seconds()), nil
+}
+
+// synDropper returns a loopback address whose accept queue is full, so the kernel drops SYNs.
+func synDropper() (string, func(), error) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", nil, err
+	}
+	var conns []net.Conn
+	closeAll := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		syscall.Close(fd)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		closeAll()
+		return "", nil, err
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		closeAll()
+		return "", nil, err
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	for range 16 {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return addr, closeAll, nil
+		}
+		if err != nil {
+			closeAll()
+			return "", nil, err
+		}
+		conns = append(conns, c)
+	}
+	closeAll()
+	return "", nil, errors.New("accept queue never filled")
+}
