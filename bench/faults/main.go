@@ -11,15 +11,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
 )
 
 func main() {
@@ -99,7 +99,7 @@ func runScenario(etcd string, px proxy, sc scenario, window time.Duration) (stri
 	defer c.stop()
 	eps := c.endpoints()
 	if sc.name == "one listed endpoint drops SYNs: failed requests" {
-		dropper, closeDropper, err := synDropper()
+		dropper, closeDropper, err := testnet.ListenSYNDropper()
 		if err != nil {
 			return "", err
 		}
@@ -258,43 +258,4 @@ func fullOutage(e *env) (string, error) {
 		return "never (> 90 s)", nil
 	}
 	return fmt.Sprintf("%.2f s", max(served.Sub(ready), 0).Seconds()), nil
-}
-
-// synDropper returns a loopback address whose accept queue is full, so the kernel drops SYNs.
-func synDropper() (string, func(), error) {
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return "", nil, err
-	}
-	var conns []net.Conn
-	closeAll := func() {
-		for _, c := range conns {
-			c.Close()
-		}
-		syscall.Close(fd)
-	}
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		closeAll()
-		return "", nil, err
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		closeAll()
-		return "", nil, err
-	}
-	sa, _ := syscall.Getsockname(fd)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
-	for range 16 {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return addr, closeAll, nil
-		}
-		if err != nil {
-			closeAll()
-			return "", nil, err
-		}
-		conns = append(conns, c)
-	}
-	closeAll()
-	return "", nil, errors.New("accept queue never filled")
 }

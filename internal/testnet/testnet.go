@@ -5,6 +5,7 @@ package testnet
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -134,37 +135,57 @@ func ClosedPort(t testing.TB) string {
 // the kernel drops further SYNs and a dial to it hangs until its timeout.
 func SYNDropper(t testing.TB) string {
 	t.Helper()
+	addr, closeAll, err := ListenSYNDropper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeAll)
+	return addr
+}
+
+// ListenSYNDropper is SYNDropper for programs: it returns the address and a function that
+// closes the socket and the connections that fill its queue.
+func ListenSYNDropper() (addr string, closeAll func(), err error) {
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		t.Fatalf("socket: %v", err)
+		return "", nil, fmt.Errorf("socket: %w", err)
 	}
-	t.Cleanup(func() { syscall.Close(fd) })
+	var fill []net.Conn
+	closeAll = func() {
+		for _, c := range fill {
+			c.Close()
+		}
+		syscall.Close(fd)
+	}
 	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatalf("bind: %v", err)
+		closeAll()
+		return "", nil, fmt.Errorf("bind: %w", err)
 	}
+	// A backlog of 0 holds one connection in the accept queue.
 	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatalf("listen: %v", err)
+		closeAll()
+		return "", nil, fmt.Errorf("listen: %w", err)
 	}
 	sa, err := syscall.Getsockname(fd)
 	if err != nil {
-		t.Fatalf("getsockname: %v", err)
+		closeAll()
+		return "", nil, fmt.Errorf("getsockname: %w", err)
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
-	// Fill the accept queue (backlog 0 holds one) until a dial no longer completes.
-	for i := 0; ; i++ {
+	addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	for range 16 {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return addr, closeAll, nil
+		}
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return addr
-			}
-			t.Fatalf("fill accept queue of %s: %v", addr, err)
+			closeAll()
+			return "", nil, fmt.Errorf("fill accept queue of %s: %w", addr, err)
 		}
-		t.Cleanup(func() { c.Close() })
-		if i > 16 {
-			t.Fatalf("accept queue of %s never filled", addr)
-		}
+		fill = append(fill, c)
 	}
+	closeAll()
+	return "", nil, fmt.Errorf("accept queue of %s never filled", addr)
 }
 
 // KeepAlive reports whether TCP keep-alive is on for c.
