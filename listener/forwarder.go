@@ -88,8 +88,13 @@ func (f *Forwarder) track(c *net.TCPConn, ep resolver.Endpoint) {
 	f.mu.Unlock()
 }
 
-// Evict closes every connection proxied to ep, spread evenly over spread so that their clients
-// do not all reconnect at once. It returns how many it closed.
+// evictionPace is the pause between two evicted connections: a few clients move at once, and
+// thousands are spread over at most the eviction spread.
+const evictionPace = time.Millisecond
+
+// Evict closes every connection proxied to ep, one every millisecond or, when there are more
+// than spread allows at that pace, evenly over spread, so that their clients do not all
+// reconnect at once. It returns how many it closed.
 func (f *Forwarder) Evict(ctx context.Context, ep resolver.Endpoint, spread time.Duration) int {
 	f.mu.Lock()
 	var victims []*net.TCPConn
@@ -99,9 +104,10 @@ func (f *Forwarder) Evict(ctx context.Context, ep resolver.Endpoint, spread time
 		}
 	}
 	f.mu.Unlock()
+	pace := min(evictionPace, spread/time.Duration(max(len(victims), 1)))
 	for i, c := range victims {
 		if i > 0 {
-			t := time.NewTimer(spread / time.Duration(len(victims)))
+			t := time.NewTimer(pace)
 			select {
 			case <-t.C:
 			case <-ctx.Done():

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
@@ -289,5 +290,25 @@ func TestListenTurnsOnKeepAlive(t *testing.T) {
 	defer accepted.Close()
 	if !testnet.KeepAlive(t, accepted) {
 		t.Fatal("accepted client connection has no TCP keep-alive")
+	}
+}
+
+// dialerOf is a DialFunc picking the first available endpoint of table; enough for tests that
+// need the listener to follow health without the dialer package.
+func dialerOf(table *health.Table) DialFunc {
+	var next int
+	var mu sync.Mutex
+	return func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+		av := table.Load().Available()
+		mu.Lock()
+		ep := av[next%len(av)]
+		next++
+		mu.Unlock()
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", ep.Addr())
+		if err != nil {
+			return nil, ep, err
+		}
+		return c.(*net.TCPConn), ep, nil
 	}
 }

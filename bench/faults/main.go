@@ -11,7 +11,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -27,6 +30,7 @@ func main() {
 	etcd := flag.String("etcd", "e2e/bin/etcd", "etcd binary (also etcd's gateway)")
 	haproxy := flag.String("haproxy", "haproxy", "HAProxy binary")
 	window := flag.Duration("window", 12*time.Second, "how long each fault lasts under load")
+	only := flag.String("only", "", "run only the scenarios whose name contains this")
 	flag.Parse()
 	work, err := os.MkdirTemp("", "etcd-gateway-faults")
 	if err != nil {
@@ -41,6 +45,7 @@ func main() {
 		{"a connected client's member freezes: time until that client is served again", stuckClient},
 		{"all members die, then come back: time from the first ready member to proxy serves", fullOutage},
 	}
+	scenarios = slices.DeleteFunc(scenarios, func(s scenario) bool { return !strings.Contains(s.name, *only) })
 	candidates := proxies(*gateway, *etcd, *haproxy, work)
 	results := make([][]string, len(scenarios))
 	for si, sc := range scenarios {
@@ -171,7 +176,10 @@ func killMember(e *env) (string, error) {
 
 func freezeMember(e *env) (string, error) {
 	victim := e.cluster.members[(e.cluster.leader()+1)%3]
-	return underLoad(e, func() { victim.proc.signal(syscall.SIGSTOP) }), nil
+	return underLoad(e, func() {
+		time.Sleep(rand.N(time.Second)) // a random phase of the health checks' schedule
+		victim.proc.signal(syscall.SIGSTOP)
+	}), nil
 }
 
 func synDrop(e *env) (string, error) { return underLoad(e, func() {}), nil }
@@ -210,6 +218,8 @@ func stuckClient(e *env) (string, error) {
 		return "", errors.New("no connection through the proxy reached the chosen member")
 	}
 	defer stuck.Close()
+	// Freeze at a random phase of the health checks' schedule, as a real fault would.
+	time.Sleep(rand.N(time.Second))
 	victim.proc.signal(syscall.SIGSTOP)
 	frozen := time.Now()
 	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
