@@ -1,24 +1,23 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+
+	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
 )
 
 const defaultTestTimeout = 20 * time.Second
@@ -66,34 +65,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePort returns a loopback port that nothing listens on and that no other caller in this
-// process got. It is drawn below the kernel's ephemeral range, so that the many client
-// connections of the tests cannot take it between this call and the bind.
+// freePort returns a loopback port for a child process to bind.
 func freePort(t *testing.T) int {
 	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 1000 {
-		port := 20000 + rand.IntN(12000)
-		if portsTaken[port] {
-			continue
-		}
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		portsTaken[port] = true
-		return port
+	port, err := testnet.FreePort()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free loopback port")
-	return 0
+	return port
 }
-
-var (
-	portsMu    sync.Mutex
-	portsTaken = map[int]bool{}
-)
 
 // dataDir is a directory on tmpfs when there is one, removed when the test ends.
 func dataDir(t *testing.T) string {
@@ -108,34 +88,16 @@ func dataDir(t *testing.T) string {
 	return t.TempDir()
 }
 
-// syncBuffer collects a process's output while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a child process that the test owns.
 type proc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testnet.SyncBuffer
 	done chan struct{}
 }
 
 func startProc(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(bin, args...), out: &testnet.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -3,44 +3,25 @@ package main
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
 )
 
-// freePort returns a loopback port that nothing listens on and that this process did not
-// hand out before, drawn below the kernel's ephemeral range so that the benchmark's own client
-// connections cannot take it before the bind.
+// freePort returns a loopback port for a child process to bind.
 func freePort() int {
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 1000 {
-		port := 20000 + rand.IntN(12000)
-		if portsTaken[port] {
-			continue
-		}
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		portsTaken[port] = true
-		return port
+	port, err := testnet.FreePort()
+	if err != nil {
+		panic(err)
 	}
-	panic("no free loopback port")
+	return port
 }
-
-var (
-	portsMu    sync.Mutex
-	portsTaken = map[int]bool{}
-)
 
 // process is a child process the benchmark owns.
 type process struct {

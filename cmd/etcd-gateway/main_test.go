@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -54,26 +53,8 @@ func freeAddr(t *testing.T) string { return testnet.ClosedPort(t) }
 // process is a running gateway.
 type process struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testnet.SyncBuffer
 	done   chan struct{}
-}
-
-// syncBuffer is a bytes.Buffer the process writes to while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // startProcess runs the gateway through sh so tests can set a file-descriptor limit first,
@@ -85,7 +66,7 @@ func startProcess(t *testing.T, ulimit int, listen string, args ...string) *proc
 		script = fmt.Sprintf("ulimit -n %d && %s", ulimit, script)
 	}
 	cmd := exec.Command("sh", append([]string{"-c", script, gatewayBin, "start", "--listen-addr=" + listen}, args...)...)
-	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{cmd: cmd, stderr: &testnet.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
