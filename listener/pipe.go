@@ -3,12 +3,26 @@ package listener
 import (
 	"io"
 	"net"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
+
+// copyBufferSize is the buffer of one read; a read that fills it switches to splice.
+const copyBufferSize = 16 << 10
+
+// buffers are shared by every connection: a connection holds one only while it moves bytes.
+var buffers = sync.Pool{New: func() any {
+	b := make([]byte, copyBufferSize)
+	return &b
+}}
 
 // pipe copies bytes both ways between client and backend until both directions are done. A
 // clean end of one direction is passed on as a half-close and the other direction keeps
 // flowing; an error in either direction closes both connections. It returns the bytes sent
-// each way and the first error. Both arguments stay *net.TCPConn so io.Copy can splice.
+// each way and the first error.
 func pipe(client, backend *net.TCPConn) (up, down int64, err error) {
 	downDone := make(chan copyResult, 1)
 	go copyDown(downDone, client, backend)
@@ -37,7 +51,7 @@ func copyDown(done chan<- copyResult, client, backend *net.TCPConn) {
 // copyHalf copies src to dst until EOF, then half-closes: FIN to dst, no more reads from src.
 // On an error it closes both, which also ends the copy in the other direction.
 func copyHalf(dst, src *net.TCPConn) (int64, error) {
-	n, err := io.Copy(dst, src)
+	n, err := copyLean(dst, src)
 	if err == nil {
 		err = dst.CloseWrite()
 		src.CloseRead()
@@ -47,4 +61,96 @@ func copyHalf(dst, src *net.TCPConn) (int64, error) {
 		src.Close()
 	}
 	return n, err
+}
+
+// copyLean copies src to dst until EOF without holding anything while src is idle: it waits
+// for src in the poller with no buffer and no splice pipe (io.Copy between two TCP
+// connections parks inside splice holding a pipe, two more descriptors per direction of every
+// idle connection). Small reads go through a pooled buffer; a read that fills the buffer
+// switches to splice for exactly the bytes already queued, so bulk transfers stay zero-copy.
+func copyLean(dst, src *net.TCPConn) (int64, error) {
+	raw, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	queued := &io.LimitedReader{R: src} // reused by every splice of this direction
+	for {
+		var (
+			buf     *[]byte
+			n       int
+			readErr error
+		)
+		err := raw.Read(func(fd uintptr) bool {
+			if buf == nil {
+				buf = buffers.Get().(*[]byte)
+			}
+			n, readErr = syscall.Read(int(fd), *buf)
+			switch readErr {
+			case syscall.EAGAIN:
+				buffers.Put(buf) // hold nothing while waiting
+				buf = nil
+				return false
+			case syscall.EINTR:
+				return false
+			}
+			return true
+		})
+		if err == nil && readErr != nil {
+			err = os.NewSyscallError("read", readErr)
+		}
+		if err != nil || n <= 0 {
+			if buf != nil {
+				buffers.Put(buf)
+			}
+			return total, err // n == 0: EOF
+		}
+		w, err := dst.Write((*buf)[:n])
+		total += int64(w)
+		full := n == len(*buf)
+		buffers.Put(buf)
+		if err != nil {
+			return total, err
+		}
+		if full {
+			m, err := spliceQueued(dst, queued, raw)
+			total += m
+			if err != nil {
+				return total, err
+			}
+		}
+	}
+}
+
+// spliceQueued splices to dst the bytes queued on src (the reader of lr, a *net.TCPConn), as
+// long as there are some.
+func spliceQueued(dst *net.TCPConn, lr *io.LimitedReader, raw syscall.RawConn) (int64, error) {
+	var total int64
+	for {
+		queued, err := queuedBytes(raw)
+		if err != nil || queued == 0 {
+			return total, err
+		}
+		lr.N = int64(queued)
+		n, err := dst.ReadFrom(lr)
+		total += n
+		if err != nil || n == 0 {
+			return total, err
+		}
+	}
+}
+
+// queuedBytes returns how many bytes wait to be read on the socket.
+func queuedBytes(raw syscall.RawConn) (int, error) {
+	var n int
+	var ioctlErr error
+	if err := raw.Control(func(fd uintptr) {
+		n, ioctlErr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	}); err != nil {
+		return 0, err
+	}
+	if ioctlErr != nil {
+		return 0, os.NewSyscallError("ioctl SIOCINQ", ioctlErr)
+	}
+	return n, nil
 }

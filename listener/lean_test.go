@@ -1,0 +1,131 @@
+package listener
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+)
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t testing.TB) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
+}
+
+// bufferedEcho echoes with a plain buffer, so that the backend itself holds no splice pipe.
+func bufferedEcho(c *net.TCPConn) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		if _, err := c.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+// An idle proxied connection holds its two sockets and nothing else: no splice pipes.
+func TestIdleConnectionHoldsTwoDescriptors(t *testing.T) {
+	backend := testnet.Serve(t, bufferedEcho)
+	ln := testnet.LocalListener(t)
+	fwd := NewForwarder(dialTo(backend.Addr()), zap.NewNop())
+	svc := NewService(ln, fwd, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Serve(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		fwd.Shutdown(defaultTestTimeout)
+	}()
+
+	// Warm up: one connection that moves bulk data, so the splice path has run.
+	warm, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer warm.Close()
+	roundTrip(t, warm, string(make([]byte, 256<<10)))
+
+	const n = 50
+	before := openFDs(t)
+	var conns []net.Conn
+	for range n {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		roundTrip(t, c, "idle after this")
+		conns = append(conns, c)
+	}
+	time.Sleep(50 * time.Millisecond) // let the copy goroutines park
+	// Per connection: the test's client socket, the backend's accepted socket, and the
+	// gateway's two: its accepted client socket and its backend socket.
+	perConn := float64(openFDs(t)-before) / n
+	if perConn > 4.1 {
+		t.Fatalf("%.2f descriptors per idle proxied connection (2 of them the test's), want 4: the gateway holds more than its two sockets", perConn)
+	}
+	big := make([]byte, 1<<20)
+	for _, c := range conns[:3] {
+		go c.Write(big)
+		c.SetReadDeadline(time.Now().Add(defaultTestTimeout))
+		if _, err := io.ReadFull(c, make([]byte, len(big))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkPipe(b *testing.B) {
+	backend := testnet.Serve(b, func(c *net.TCPConn) { io.Copy(c, c) })
+	ln := testnet.LocalListener(b)
+	fwd := NewForwarder(dialTo(backend.Addr()), zap.NewNop())
+	svc := NewService(ln, fwd, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Serve(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		fwd.Shutdown(defaultTestTimeout)
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	for _, size := range []int{64, 1 << 20} {
+		msg := make([]byte, size)
+		got := make([]byte, size)
+		b.Run(byteSize(size), func(b *testing.B) {
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			for b.Loop() {
+				go c.Write(msg)
+				if _, err := io.ReadFull(c, got); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func byteSize(n int) string {
+	if n >= 1<<20 {
+		return "1MiB"
+	}
+	return "64B"
+}
