@@ -2,7 +2,7 @@
 GO ?= go
 export CGO_ENABLED ?= 0
 
-.PHONY: build test unit e2e demo etcd lint clean haproxy bench-faults
+.PHONY: build test unit e2e demo etcd lint clean haproxy bench bench-faults
 
 ## build: the static etcd-gateway binary in bin/
 build:
@@ -36,9 +36,13 @@ demo: build etcd
 haproxy:
 	@command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy; }
 
+## bench: speed and footprint against direct connections, etcd's gateway and HAProxy, in one run
+bench: build etcd haproxy
+	cd bench && $(GO) run ./run -suite forward -gateway ../bin/etcd-gateway -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy)
+
 ## bench-faults: member faults against etcd-gateway, etcd's gateway and HAProxy, in one run
 bench-faults: build etcd haproxy
-	cd bench && $(GO) run ./faults -gateway ../bin/etcd-gateway -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy)
+	cd bench && $(GO) run ./run -suite faults -gateway ../bin/etcd-gateway -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy)
 
 clean:
 	rm -rf bin e2e/bin

@@ -1,9 +1,9 @@
-// Command faults measures how etcd-gateway, etcd's own gateway and HAProxy (with etcd's
-// /readyz as its health check) hide member faults from clients: a member killed, frozen, an
-// endpoint that drops SYNs, a connected client's member freezing, and a full outage. Every
-// candidate runs the same scenarios on a fresh 3-member etcd cluster in the same run; the
-// workload is 4 workers, each opening a new client connection and doing one Get with a 3 s
-// timeout. It prints one Markdown table.
+// Command run measures etcd-gateway against its peers, etcd's own gateway and HAProxy, in one
+// run, and prints Markdown tables. Suites:
+//
+//   - faults: how each hides member faults from clients (see faults.go);
+//   - forward: speed and footprint of the forwarding itself (see forward.go);
+//   - echo: an internal helper, the echo servers of the forward suite in a process of their own.
 package main
 
 import (
@@ -26,18 +26,34 @@ import (
 )
 
 func main() {
+	suite := flag.String("suite", "faults", "faults, forward, or echo")
 	gateway := flag.String("gateway", "bin/etcd-gateway", "etcd-gateway binary")
 	etcd := flag.String("etcd", "e2e/bin/etcd", "etcd binary (also etcd's gateway)")
 	haproxy := flag.String("haproxy", "haproxy", "HAProxy binary")
-	window := flag.Duration("window", 12*time.Second, "how long each fault lasts under load")
-	only := flag.String("only", "", "run only the scenarios whose name contains this")
+	window := flag.Duration("window", 12*time.Second, "faults: how long each fault lasts under load")
+	only := flag.String("only", "", "faults: run only the scenarios whose name contains this")
+	reps := flag.Int("reps", 3, "forward: repetitions of each measurement (the median is shown)")
+	listen := flag.String("listen", "", "echo: comma-separated addresses to serve")
 	flag.Parse()
-	work, err := os.MkdirTemp("", "etcd-gateway-faults")
+	work, err := os.MkdirTemp("", "etcd-gateway-bench")
 	if err != nil {
 		fail(err)
 	}
 	defer os.RemoveAll(work)
+	switch *suite {
+	case "faults":
+		runFaults(*gateway, *etcd, *haproxy, work, *window, *only)
+	case "forward":
+		runForward(*gateway, *etcd, *haproxy, work, *reps)
+	case "echo":
+		serveEcho(strings.Split(*listen, ","))
+	default:
+		fail(fmt.Errorf("unknown suite %q", *suite))
+	}
+}
 
+// runFaults runs the fault scenarios against every candidate and prints the table.
+func runFaults(gateway, etcd, haproxy, work string, window time.Duration, only string) {
 	scenarios := []scenario{
 		{"one member killed with SIGKILL: failed requests", killMember},
 		{"one member frozen with SIGSTOP: failed requests", freezeMember},
@@ -45,13 +61,13 @@ func main() {
 		{"a connected client's member freezes: time until that client is served again", stuckClient},
 		{"all members die, then come back: time from the first ready member to proxy serves", fullOutage},
 	}
-	scenarios = slices.DeleteFunc(scenarios, func(s scenario) bool { return !strings.Contains(s.name, *only) })
-	candidates := proxies(*gateway, *etcd, *haproxy, work)
+	scenarios = slices.DeleteFunc(scenarios, func(s scenario) bool { return !strings.Contains(s.name, only) })
+	candidates := proxies(gateway, etcd, haproxy, work)
 	results := make([][]string, len(scenarios))
 	for si, sc := range scenarios {
 		for _, px := range candidates {
 			fmt.Fprintf(os.Stderr, "%s / %s ...\n", px.name, sc.name)
-			r, err := runScenario(*etcd, px, sc, *window)
+			r, err := runScenario(etcd, px, sc, window)
 			if err != nil {
 				r = "error: " + err.Error()
 			}
@@ -59,7 +75,7 @@ func main() {
 			results[si] = append(results[si], r)
 		}
 	}
-	fmt.Printf("\n| fault (%s under load, 4 workers, new connection + Get with 3 s timeout each) |", *window)
+	fmt.Printf("\n| fault (%s under load, 4 workers, new connection + Get with 3 s timeout each) |", window)
 	for _, px := range candidates {
 		fmt.Printf(" %s |", px.name)
 	}
