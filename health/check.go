@@ -178,6 +178,25 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 	}
 }
 
+// heartbeat checks that the member's process answers at all: GET /version within timeout.
+// Any HTTP answer counts; only silence or a refused connection is an error.
+func (c *checker) heartbeat(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	a := c.get(ctx, "/version")
+	var netErr net.Error
+	var opErr *net.OpError
+	switch {
+	case a.err == nil:
+		return nil
+	case errors.As(a.err, &opErr) && opErr.Op == "dial":
+		return fmt.Errorf("heartbeat: %v", opErr.Err)
+	case errors.As(a.err, &netErr) && netErr.Timeout(), errors.Is(a.err, context.DeadlineExceeded):
+		return fmt.Errorf("no answer to heartbeats (GET /version) within %s", timeout)
+	}
+	return nil // an answer, if not HTTP: the process is alive
+}
+
 // probeAnswer is the outcome of one probe request.
 type probeAnswer struct {
 	status int

@@ -231,3 +231,60 @@ func TestCheckAliveButNotReadyInTime(t *testing.T) {
 		t.Errorf("check = %s %q, want degraded", got, reason)
 	}
 }
+
+// Heartbeats find a member that stops answering well within the probe interval.
+func TestHeartbeatsFindAFrozenMember(t *testing.T) {
+	var frozen atomic.Bool
+	release := make(chan struct{})
+	defer close(release)
+	stall := func(w http.ResponseWriter, r *http.Request) {
+		if frozen.Load() {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		answer(200, "ok\n")(w, r)
+	}
+	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": stall, "/livez": stall, "/version": stall}, nil)
+	out := NewReports(4)
+	table := NewTable()
+	table.store(NewSnapshot([]resolver.Endpoint{ep}, []State{Healthy}))
+	p := &Prober{
+		ep: ep, state: Healthy, table: table, out: out, log: zap.NewNop(),
+		cfg: ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour, Rise: 1, Fall: 1,
+			Heartbeat: 50 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond},
+		markedDown: make(chan struct{}), now: make(chan struct{}),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.Serve(ctx)
+	}()
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	time.Sleep(300 * time.Millisecond) // healthy heartbeats change nothing
+	select {
+	case rep := <-out:
+		t.Fatalf("report %v while the member answers", rep)
+	default:
+	}
+	froze := time.Now()
+	frozen.Store(true)
+	select {
+	case rep := <-out:
+		if rep.State != Down || !strings.Contains(rep.Reason, "heartbeat") {
+			t.Fatalf("report %v, want down by heartbeat", rep)
+		}
+		if took := time.Since(froze); took > 500*time.Millisecond {
+			t.Errorf("down after %s with 50 ms heartbeats", took)
+		}
+	case <-time.After(defaultTestTimeout):
+		t.Fatal("the frozen member was never reported down; the probe interval is an hour")
+	}
+}

@@ -19,7 +19,16 @@ type ProbeConfig struct {
 	Rise       int           // consecutive better results before the state improves
 	Fall       int           // consecutive worse results before the state worsens
 	TLS        TLSConfig     // for members found through _etcd-client-ssl
+	// Heartbeat is the period of the liveness heartbeat between two probes of a member that is
+	// not down (GET /version, which costs etcd no storage access); 0 turns it off. Two
+	// heartbeats in a row without an answer within HeartbeatTimeout make the member down, so
+	// that a frozen member leaves rotation well within the probe interval.
+	Heartbeat        time.Duration
+	HeartbeatTimeout time.Duration
 }
+
+// heartbeatMisses is how many heartbeats in a row must go unanswered.
+const heartbeatMisses = 2
 
 // Prober probes one endpoint and reports changes of its state to the Manager. A down endpoint
 // is probed every retry delay while others are healthy, and every interval while none is, so
@@ -77,19 +86,29 @@ func (p *Prober) Serve(ctx context.Context) error {
 				}
 			}
 		}
-		var err error
-		if state, err = p.wait(ctx, began, state); err != nil {
+		next, reason, err := p.wait(ctx, chk, began, state)
+		if err != nil {
 			return err
 		}
+		if next == Down && state != Down && reason != "" {
+			select {
+			case p.out <- Report{Endpoint: p.ep, State: Down, Reason: reason}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		state = next
 		if state == Down {
 			streak = 0
 		}
 	}
 }
 
-// wait sleeps until the next probe is due, and returns early when asked to probe at once or
-// when the Manager marks the endpoint down (which it then returns as the new state).
-func (p *Prober) wait(ctx context.Context, began time.Time, state State) (State, error) {
+// wait sleeps until the next probe is due, sending heartbeats meanwhile. It returns early when
+// asked to probe at once, when the Manager marks the endpoint down, or when heartbeats go
+// unanswered; then it returns Down, with the reason when the heartbeats found it.
+func (p *Prober) wait(ctx context.Context, chk *checker, began time.Time, state State) (State, string, error) {
+	misses := 0
 	for {
 		snap := p.table.Load()
 		every := p.cfg.Interval
@@ -98,15 +117,30 @@ func (p *Prober) wait(ctx context.Context, began time.Time, state State) (State,
 		}
 		left := time.Until(began.Add(every))
 		if left <= 0 {
-			return state, nil
+			return state, "", nil
 		}
-		t := time.NewTimer(left)
+		beat := p.cfg.Heartbeat > 0 && state != Down && chk.mode != CheckTCP
+		sleep := left
+		if beat {
+			sleep = min(left, p.cfg.Heartbeat)
+			if misses > 0 {
+				sleep = 0 // confirm a missed heartbeat at once
+			}
+		}
+		t := time.NewTimer(sleep)
 		select {
 		case <-t.C:
-			return state, nil
+			if !beat || sleep == left {
+				return state, "", nil
+			}
+			if err := chk.heartbeat(ctx, p.cfg.HeartbeatTimeout); err == nil {
+				misses = 0
+			} else if misses++; misses >= heartbeatMisses {
+				return Down, err.Error(), nil
+			}
 		case <-p.now:
 			t.Stop()
-			return state, nil
+			return state, "", nil
 		case <-p.markedDown:
 			t.Stop()
 			state = Down
@@ -114,7 +148,7 @@ func (p *Prober) wait(ctx context.Context, began time.Time, state State) (State,
 			t.Stop()
 		case <-ctx.Done():
 			t.Stop()
-			return state, ctx.Err()
+			return state, "", ctx.Err()
 		}
 	}
 }

@@ -33,14 +33,18 @@ type HealthConfig struct {
 	Timeout  time.Duration
 	Rise     int
 	Fall     int
-	CertFile string // client certificate for probes of members that require one
-	KeyFile  string
-	Evict    bool // close the connections of a member that turns down or degraded
+	// Heartbeat and HeartbeatTimeout: the liveness heartbeat between probes; 0 turns it off.
+	Heartbeat        time.Duration
+	HeartbeatTimeout time.Duration
+	CertFile         string // client certificate for probes of members that require one
+	KeyFile          string
+	Evict            bool // close the connections of a member that turns down or degraded
 }
 
 // DefaultHealth is the health configuration of the flags' defaults.
 func DefaultHealth() HealthConfig {
-	return HealthConfig{Check: health.CheckReadyz, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1, Evict: true}
+	return HealthConfig{Check: health.CheckReadyz, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1,
+		Heartbeat: 250 * time.Millisecond, HeartbeatTimeout: 250 * time.Millisecond, Evict: true}
 }
 
 // probeConfig loads the probe TLS material and returns the probers' configuration.
@@ -48,6 +52,7 @@ func (cfg Config) probeConfig() (health.ProbeConfig, error) {
 	pc := health.ProbeConfig{
 		Mode: cfg.Health.Check, Interval: cfg.Health.Interval, Timeout: cfg.Health.Timeout,
 		RetryDelay: cfg.RetryDelay, Rise: cfg.Health.Rise, Fall: cfg.Health.Fall,
+		Heartbeat: cfg.Health.Heartbeat, HeartbeatTimeout: cfg.Health.HeartbeatTimeout,
 	}
 	if (cfg.Health.CertFile == "") != (cfg.Health.KeyFile == "") {
 		return pc, errors.New("--health-cert-file and --health-key-file go together; give both or neither")
@@ -100,6 +105,9 @@ func (cfg Config) Validate(ctx context.Context) error {
 	}
 	if cfg.Health.Interval <= 0 || cfg.Health.Timeout <= 0 {
 		return errors.New("--health-interval and --health-timeout must be positive durations, such as 1s")
+	}
+	if cfg.Health.Heartbeat > 0 && cfg.Health.HeartbeatTimeout <= 0 {
+		return errors.New("--health-heartbeat-timeout must be a positive duration, such as 250ms, or turn heartbeats off with --health-heartbeat-interval=0")
 	}
 	if cfg.Health.Rise < 1 || cfg.Health.Fall < 1 {
 		return errors.New("--health-rise and --health-fall must be at least 1")

@@ -119,6 +119,7 @@ func TestHelpListsEveryFlag(t *testing.T) {
 		"--log-level", "--log-format", "--discovery-srv", "--discovery-srv-name", "--insecure-discovery", "--trusted-ca-file",
 		"--dns-server", "--discovery-srv-min-refresh", "--discovery-srv-max-refresh",
 		"--health-check", "--health-interval", "--health-timeout", "--health-rise", "--health-fall",
+		"--health-heartbeat-interval", "--health-heartbeat-timeout",
 		"--health-cert-file", "--health-key-file", "--evict-unhealthy", "ETCD_GATEWAY_"} {
 		if !strings.Contains(out.String(), flag) {
 			t.Errorf("help does not mention %s", flag)
