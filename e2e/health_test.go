@@ -127,14 +127,14 @@ func TestFrozenMember(t *testing.T) {
 		t.Fatal("served by the frozen member")
 	}
 	t.Logf("client connected to the frozen member served again after %s", served)
-	if served > 3*time.Second {
+	if served > 2*time.Second { // heartbeats find it within 0.75 s; the margin absorbs a loaded machine
 		t.Errorf("client connected to the frozen member waited %s", served)
 	}
 	time.Sleep(5 * time.Second)
 	l.finish()
 	all, failedAll := l.since(frozen)
 	t.Logf("%d requests from the freeze on, %d failed", all, len(failedAll))
-	total, failed := l.since(frozen.Add(2500 * time.Millisecond))
+	total, failed := l.since(frozen.Add(1500 * time.Millisecond))
 	for _, f := range failed {
 		t.Errorf("request started %s after the freeze failed: %v", f.started.Sub(frozen), f.err)
 	}
