@@ -115,6 +115,9 @@ func TestFrozenMember(t *testing.T) {
 	frozen := time.Now()
 	victim.proc.cmd.Process.Signal(syscall.SIGSTOP)
 	defer victim.proc.cmd.Process.Signal(syscall.SIGCONT)
+	if err := testnet.WaitStopped(victim.proc.cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -236,8 +236,11 @@ func stuckClient(e *env) (string, error) {
 	defer stuck.Close()
 	// Freeze at a random phase of the health checks' schedule, as a real fault would.
 	time.Sleep(rand.N(time.Second))
-	victim.proc.signal(syscall.SIGSTOP)
 	frozen := time.Now()
+	victim.proc.signal(syscall.SIGSTOP)
+	if err := testnet.WaitStopped(victim.proc.cmd.Process.Pid); err != nil {
+		return "", err
+	}
 	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := stuck.Get(ctx, "after-freeze"); err != nil {

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
+	"strings"
 	"sync"
+	"time"
 )
 
 // SyncBuffer is a bytes.Buffer that a child process writes to while a test reads it.
@@ -55,4 +58,22 @@ func FreePort() (int, error) {
 		return port, nil
 	}
 	return 0, errors.New("no free loopback port between 20000 and 32000")
+}
+
+// WaitStopped waits up to 10 s until process pid is stopped by a signal (SIGSTOP is delivered
+// asynchronously: kill returns before the target stops).
+func WaitStopped(pid int) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return err
+		}
+		s := string(b)
+		if state := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]); len(state) > 0 && state[0] == "T" {
+			return nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return fmt.Errorf("process %d never stopped", pid)
 }
