@@ -56,7 +56,12 @@ func (f *Forwarder) Active() int {
 func (f *Forwarder) serve(client *net.TCPConn) {
 	defer f.wg.Done()
 	f.track(client, resolver.Endpoint{})
-	defer f.untrack(client)
+	forwarding := false // once forwarding, the copying goroutines untrack the connection
+	defer func() {
+		if !forwarding {
+			f.untrack(client)
+		}
+	}()
 	defer func() {
 		if p := recover(); p != nil {
 			client.Close()
@@ -74,12 +79,16 @@ func (f *Forwarder) serve(client *net.TCPConn) {
 		return
 	}
 	f.track(client, ep)
-	up, down, err := pipe(client, backend)
-	if ce := f.log.Check(zap.DebugLevel, "proxied connection closed"); ce != nil {
-		ce.Write(zap.Stringer("remote_addr", client.RemoteAddr()), zap.Stringer("endpoint", ep),
-			zap.Int64("bytes_up", up), zap.Int64("bytes_down", down),
-			zap.Duration("duration", time.Since(started)), zap.Error(err))
-	}
+	p := &proxied{client: client, backend: backend, wg: &f.wg, done: func(p *proxied) {
+		f.untrack(client)
+		if ce := f.log.Check(zap.DebugLevel, "proxied connection closed"); ce != nil {
+			ce.Write(zap.Stringer("remote_addr", client.RemoteAddr()), zap.Stringer("endpoint", ep),
+				zap.Int64("bytes_up", p.up), zap.Int64("bytes_down", p.down),
+				zap.Duration("duration", time.Since(started)), zap.Error(p.err()))
+		}
+	}}
+	p.start()
+	forwarding = true
 }
 
 func (f *Forwarder) track(c *net.TCPConn, ep resolver.Endpoint) {

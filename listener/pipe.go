@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -19,33 +20,56 @@ var buffers = sync.Pool{New: func() any {
 	return &b
 }}
 
-// pipe copies bytes both ways between client and backend until both directions are done. A
-// clean end of one direction is passed on as a half-close and the other direction keeps
-// flowing; an error in either direction closes both connections. It returns the bytes sent
-// each way and the first error.
-func pipe(client, backend *net.TCPConn) (up, down int64, err error) {
-	downDone := make(chan copyResult, 1)
-	go copyDown(downDone, client, backend)
-	up, err = copyHalf(backend, client)
-	d := <-downDone
-	client.Close()
-	backend.Close()
-	if err == nil {
-		err = d.err
+// proxied is one client connection and its backend, copied both ways by two goroutines of
+// their own: the goroutine that dialed (with its deep stack) does not stay parked for the life
+// of the connection. A clean end of one direction is passed on as a half-close while the other
+// keeps flowing; an error in either closes both. The goroutine that finishes last closes both
+// connections and calls done.
+type proxied struct {
+	client, backend *net.TCPConn
+	up, down        int64 // bytes copied each way
+	errUp, errDown  error
+	pending         atomic.Int32
+	done            func(*proxied)
+	wg              *sync.WaitGroup // owner of the two goroutines
+}
+
+// start runs both directions.
+func (p *proxied) start() {
+	p.pending.Store(2)
+	p.wg.Add(2)
+	go p.copyUp()
+	go p.copyDown()
+}
+
+// copyUp is the client-to-backend direction; named so that goroutine dumps say what it is.
+func (p *proxied) copyUp() {
+	defer p.wg.Done()
+	p.up, p.errUp = copyHalf(p.backend, p.client)
+	p.finish()
+}
+
+// copyDown is the backend-to-client direction.
+func (p *proxied) copyDown() {
+	defer p.wg.Done()
+	p.down, p.errDown = copyHalf(p.client, p.backend)
+	p.finish()
+}
+
+func (p *proxied) finish() {
+	if p.pending.Add(-1) == 0 {
+		p.client.Close()
+		p.backend.Close()
+		p.done(p)
 	}
-	return up, d.n, err
 }
 
-type copyResult struct {
-	n   int64
-	err error
-}
-
-// copyDown is the backend-to-client direction of pipe, on its own goroutine; a named function
-// so that goroutine dumps say what it is.
-func copyDown(done chan<- copyResult, client, backend *net.TCPConn) {
-	n, err := copyHalf(client, backend)
-	done <- copyResult{n, err}
+// err is the first error of either direction, nil when both ended cleanly.
+func (p *proxied) err() error {
+	if p.errUp != nil {
+		return p.errUp
+	}
+	return p.errDown
 }
 
 // copyHalf copies src to dst until EOF, then half-closes: FIN to dst, no more reads from src.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,9 +19,9 @@ type pipeResult struct {
 	err      error
 }
 
-// proxied starts pipe between a client connection and a backend served by handle, and returns
-// the client side and the channel pipe's result arrives on.
-func proxied(t *testing.T, handle func(*net.TCPConn)) (*net.TCPConn, <-chan pipeResult) {
+// startProxied starts copying between a client connection and a backend served by handle, and returns
+// the client side and the channel the result arrives on.
+func startProxied(t *testing.T, handle func(*net.TCPConn)) (*net.TCPConn, <-chan pipeResult) {
 	t.Helper()
 	backend := testnet.Serve(t, handle)
 	front := testnet.LocalListener(t)
@@ -38,15 +39,14 @@ func proxied(t *testing.T, handle func(*net.TCPConn)) (*net.TCPConn, <-chan pipe
 		t.Fatal(err)
 	}
 	res := make(chan pipeResult, 1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		up, down, err := pipe(accepted, back.(*net.TCPConn))
-		res <- pipeResult{up, down, err}
-	}()
+	var wg sync.WaitGroup
+	p := &proxied{client: accepted, backend: back.(*net.TCPConn), wg: &wg, done: func(p *proxied) {
+		res <- pipeResult{p.up, p.down, p.err()}
+	}}
+	p.start()
 	t.Cleanup(func() {
 		client.Close()
-		<-done
+		wg.Wait()
 	})
 	return client, res
 }
@@ -57,13 +57,13 @@ func waitResult(t *testing.T, res <-chan pipeResult) pipeResult {
 	case r := <-res:
 		return r
 	case <-time.After(defaultTestTimeout):
-		t.Fatal("pipe did not end")
+		t.Fatal("copying did not end")
 		return pipeResult{}
 	}
 }
 
 func TestPipeBytesBothWays(t *testing.T) {
-	client, res := proxied(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	client, res := startProxied(t, func(c *net.TCPConn) { io.Copy(c, c) })
 	msg := bytes.Repeat([]byte("etcd-gateway "), 100_000)
 	go client.Write(msg)
 	got := make([]byte, len(msg))
@@ -84,7 +84,7 @@ func TestPipeBytesBothWays(t *testing.T) {
 // backend sends after it has read to EOF. etcd's own gateway fails this.
 func TestPipeHalfCloseFromClient(t *testing.T) {
 	reply := bytes.Repeat([]byte("r"), 1<<20)
-	client, res := proxied(t, func(c *net.TCPConn) {
+	client, res := startProxied(t, func(c *net.TCPConn) {
 		n, err := io.Copy(io.Discard, c)
 		if err != nil || n != 5 {
 			return
@@ -113,7 +113,7 @@ func TestPipeHalfCloseFromClient(t *testing.T) {
 // The backend sends and half-closes first; the client's later request must still reach it.
 func TestPipeHalfCloseFromBackend(t *testing.T) {
 	got := make(chan []byte, 1)
-	client, res := proxied(t, func(c *net.TCPConn) {
+	client, res := startProxied(t, func(c *net.TCPConn) {
 		c.Write([]byte("banner"))
 		c.CloseWrite()
 		b, _ := io.ReadAll(c)
@@ -142,7 +142,7 @@ func TestPipeHalfCloseFromBackend(t *testing.T) {
 
 // A backend that resets mid-stream ends both directions and closes the client.
 func TestPipeBackendReset(t *testing.T) {
-	client, res := proxied(t, func(c *net.TCPConn) {
+	client, res := startProxied(t, func(c *net.TCPConn) {
 		buf := make([]byte, 5)
 		io.ReadFull(c, buf)
 		c.Write([]byte("partial"))
