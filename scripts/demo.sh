@@ -15,6 +15,14 @@ pids=()
 cleanup() {
 	trap - INT TERM EXIT
 	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+	# A member whose peers are gone can take a while to stop gracefully; give it 3 s.
+	for _ in $(seq 30); do
+		alive=0
+		for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+		[ "$alive" = 0 ] && break
+		sleep 0.1
+	done
+	for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -rf "$data"
 	echo "demo stopped; cluster data removed"
