@@ -50,6 +50,7 @@ type checker struct {
 	timeout time.Duration
 	client  *http.Client
 	dialer  net.Dialer
+	tls     *tls.Config // nil for a plain member
 }
 
 func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg TLSConfig) *checker {
@@ -62,7 +63,7 @@ func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tls
 	}
 	if ep.TLS {
 		roots := tlsCfg.Roots
-		transport.TLSClientConfig = &tls.Config{
+		c.tls = &tls.Config{
 			Certificates: tlsCfg.Certificates,
 			// Verified below against the SRV domain or the target, as discovery did.
 			InsecureSkipVerify: true,
@@ -73,6 +74,7 @@ func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tls
 				return nil
 			},
 		}
+		transport.TLSClientConfig = c.tls
 	}
 	c.client = &http.Client{Transport: transport, Timeout: timeout}
 	return c
@@ -176,25 +178,6 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 	default:
 		return Down, fmt.Sprintf("GET %s answered %d", path, status), notHTTP
 	}
-}
-
-// heartbeat checks that the member's process answers at all: GET /version within timeout.
-// Any HTTP answer counts; only silence or a refused connection is an error.
-func (c *checker) heartbeat(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	a := c.get(ctx, "/version")
-	var netErr net.Error
-	var opErr *net.OpError
-	switch {
-	case a.err == nil:
-		return nil
-	case errors.As(a.err, &opErr) && opErr.Op == "dial":
-		return fmt.Errorf("heartbeat: %v", opErr.Err)
-	case errors.As(a.err, &netErr) && netErr.Timeout(), errors.Is(a.err, context.DeadlineExceeded):
-		return fmt.Errorf("no answer to heartbeats (GET /version) within %s", timeout)
-	}
-	return nil // an answer, if not HTTP: the process is alive
 }
 
 // probeAnswer is the outcome of one probe request.

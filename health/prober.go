@@ -54,6 +54,8 @@ func (p *Prober) String() string { return "prober/" + p.ep.String() }
 func (p *Prober) Serve(ctx context.Context) error {
 	chk := newChecker(p.ep, p.cfg.Mode, p.cfg.Timeout, p.cfg.TLS)
 	defer chk.close()
+	hb := newHeartbeater(p.ep.Addr(), chk.tls)
+	defer hb.close()
 	state := p.state
 	var pending State // the result being counted toward a change
 	streak := 0
@@ -86,7 +88,7 @@ func (p *Prober) Serve(ctx context.Context) error {
 				}
 			}
 		}
-		next, reason, err := p.wait(ctx, chk, began, state)
+		next, reason, err := p.wait(ctx, chk, hb, began, state)
 		if err != nil {
 			return err
 		}
@@ -107,7 +109,7 @@ func (p *Prober) Serve(ctx context.Context) error {
 // wait sleeps until the next probe is due, sending heartbeats meanwhile. It returns early when
 // asked to probe at once, when the Manager marks the endpoint down, or when heartbeats go
 // unanswered; then it returns Down, with the reason when the heartbeats found it.
-func (p *Prober) wait(ctx context.Context, chk *checker, began time.Time, state State) (State, string, error) {
+func (p *Prober) wait(ctx context.Context, chk *checker, hb *heartbeater, began time.Time, state State) (State, string, error) {
 	misses := 0
 	for {
 		snap := p.table.Load()
@@ -133,7 +135,7 @@ func (p *Prober) wait(ctx context.Context, chk *checker, began time.Time, state 
 			if !beat || sleep == left {
 				return state, "", nil
 			}
-			if err := chk.heartbeat(ctx, p.cfg.HeartbeatTimeout); err == nil {
+			if err := hb.beat(ctx, p.cfg.HeartbeatTimeout); err == nil {
 				misses = 0
 			} else if misses++; misses >= heartbeatMisses {
 				return Down, err.Error(), nil
