@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -163,17 +162,7 @@ func TestProberRiseAndFall(t *testing.T) {
 		cfg:        ProbeConfig{Mode: CheckReadyz, Interval: 20 * time.Millisecond, Timeout: time.Second, RetryDelay: time.Hour, Rise: 2, Fall: 3},
 		markedDown: make(chan struct{}), now: make(chan struct{}),
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		p.Serve(ctx)
-	}()
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
+	runProber(t, p)
 	expect := func(want State, within time.Duration) {
 		t.Helper()
 		select {
@@ -257,17 +246,7 @@ func TestHeartbeatsFindAFrozenMember(t *testing.T) {
 			Heartbeat: 50 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond},
 		markedDown: make(chan struct{}), now: make(chan struct{}),
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		p.Serve(ctx)
-	}()
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
+	runProber(t, p)
 	time.Sleep(300 * time.Millisecond) // healthy heartbeats change nothing
 	select {
 	case rep := <-out:
@@ -287,4 +266,18 @@ func TestHeartbeatsFindAFrozenMember(t *testing.T) {
 	case <-time.After(defaultTestTimeout):
 		t.Fatal("the frozen member was never reported down; the probe interval is an hour")
 	}
+}
+
+// runProber serves p until the test ends.
+func runProber(t *testing.T, p *Prober) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Serve(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
 }

@@ -1,14 +1,11 @@
 package listener
 
 import (
-	"context"
 	"io"
 	"net"
 	"os"
 	"testing"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
 )
@@ -40,20 +37,10 @@ func bufferedEcho(c *net.TCPConn) {
 // An idle proxied connection holds its two sockets and nothing else: no splice pipes.
 func TestIdleConnectionHoldsTwoDescriptors(t *testing.T) {
 	backend := testnet.Serve(t, bufferedEcho)
-	ln := testnet.LocalListener(t)
-	fwd := NewForwarder(dialTo(backend.Addr()), zap.NewNop())
-	svc := NewService(ln, fwd, zap.NewNop())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Serve(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-		fwd.Shutdown(defaultTestTimeout)
-	}()
+	addr := serveListener(t, dialTo(backend.Addr()))
 
 	// Warm up: one connection that moves bulk data, so the splice path has run.
-	warm, err := net.Dial("tcp", ln.Addr().String())
+	warm, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +51,7 @@ func TestIdleConnectionHoldsTwoDescriptors(t *testing.T) {
 	before := openFDs(t)
 	var conns []net.Conn
 	for range n {
-		c, err := net.Dial("tcp", ln.Addr().String())
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,18 +78,8 @@ func TestIdleConnectionHoldsTwoDescriptors(t *testing.T) {
 
 func BenchmarkPipe(b *testing.B) {
 	backend := testnet.Serve(b, func(c *net.TCPConn) { io.Copy(c, c) })
-	ln := testnet.LocalListener(b)
-	fwd := NewForwarder(dialTo(backend.Addr()), zap.NewNop())
-	svc := NewService(ln, fwd, zap.NewNop())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Serve(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-		fwd.Shutdown(defaultTestTimeout)
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
+	addr := serveListener(b, dialTo(backend.Addr()))
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		b.Fatal(err)
 	}

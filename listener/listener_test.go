@@ -230,7 +230,6 @@ func TestForwarderShutdownDrainsThenCloses(t *testing.T) {
 }
 
 func TestForwarderRecoversPanicPerConnection(t *testing.T) {
-	ln := testnet.LocalListener(t)
 	calls := 0
 	var mu sync.Mutex
 	echo := testnet.Echo(t)
@@ -244,18 +243,9 @@ func TestForwarderRecoversPanicPerConnection(t *testing.T) {
 		}
 		return dialTo(echo.Addr())(ctx)
 	}
-	fwd := NewForwarder(dial, zap.NewNop())
-	svc := NewService(ln, fwd, zap.NewNop())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Serve(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-		fwd.Shutdown(defaultTestTimeout)
-	}()
+	addr := serveListener(t, dial)
 
-	first, err := net.Dial("tcp", ln.Addr().String())
+	first, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +254,7 @@ func TestForwarderRecoversPanicPerConnection(t *testing.T) {
 	if _, err := first.Read(make([]byte, 1)); err == nil {
 		t.Fatal("the connection whose handler panicked is still open")
 	}
-	second, err := net.Dial("tcp", ln.Addr().String())
+	second, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,4 +301,22 @@ func dialerOf(table *health.Table) DialFunc {
 		}
 		return c.(*net.TCPConn), ep, nil
 	}
+}
+
+// serveListener runs the accept loop on a loopback listener, forwarding with dial, until the
+// test ends, and returns the address clients connect to.
+func serveListener(t testing.TB, dial DialFunc) string {
+	t.Helper()
+	ln := testnet.LocalListener(t)
+	fwd := NewForwarder(dial, zap.NewNop())
+	svc := NewService(ln, fwd, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		fwd.Shutdown(defaultTestTimeout)
+	})
+	return ln.Addr().String()
 }
