@@ -25,7 +25,7 @@ type Forwarder struct {
 	wg     sync.WaitGroup
 
 	mu   sync.Mutex
-	live map[*net.TCPConn]resolver.Endpoint // client side of every connection → its member, once dialed
+	live map[*net.TCPConn]resolver.Endpoint // client side of every forwarded connection → its member
 }
 
 // NewForwarder returns a Forwarder that dials backends with dial.
@@ -46,7 +46,7 @@ func (f *Forwarder) Forward(client *net.TCPConn) {
 	go f.serve(client)
 }
 
-// Active returns the number of client connections open now.
+// Active returns the number of connections being forwarded now.
 func (f *Forwarder) Active() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -55,13 +55,6 @@ func (f *Forwarder) Active() int {
 
 func (f *Forwarder) serve(client *net.TCPConn) {
 	defer f.wg.Done()
-	f.track(client, resolver.Endpoint{})
-	forwarding := false // once forwarding, the copying goroutines untrack the connection
-	defer func() {
-		if !forwarding {
-			f.untrack(client)
-		}
-	}()
 	defer func() {
 		if p := recover(); p != nil {
 			client.Close()
@@ -88,7 +81,6 @@ func (f *Forwarder) serve(client *net.TCPConn) {
 		}
 	}}
 	p.start()
-	forwarding = true
 }
 
 func (f *Forwarder) track(c *net.TCPConn, ep resolver.Endpoint) {
