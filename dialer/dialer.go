@@ -50,16 +50,17 @@ func New(table *health.Table, reports health.Reports, reprobe health.Reprobe, ti
 // is even degraded it holds the client for up to the dial timeout waiting for one. Until the
 // first endpoint set is known it waits for one for up to the dial timeout.
 func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
-	snap, err := d.waitForEndpoints(ctx)
+	snap, err := d.waitUntil(ctx, knowsEndpoints) // at start-up, before the first set
 	if err != nil {
 		return nil, resolver.Endpoint{}, err
 	}
+	if !knowsEndpoints(snap) {
+		return nil, resolver.Endpoint{}, fmt.Errorf("no endpoint known yet: %w", ErrNoEndpoint)
+	}
 	if snap.HealthyCount() == 0 {
 		d.reprobe.Offer()
-		if len(snap.Available()) == 0 {
-			if snap, err = d.waitForRotation(ctx, snap); err != nil {
-				return nil, resolver.Endpoint{}, err
-			}
+		if snap, err = d.waitUntil(ctx, hasRotation); err != nil {
+			return nil, resolver.Endpoint{}, err
 		}
 	}
 	cursor := snap.Next()
@@ -110,34 +111,16 @@ func (d *Dialer) dialOne(ctx context.Context, ep resolver.Endpoint, lastResort b
 	return nil, nil
 }
 
-// waitForEndpoints returns the current snapshot once it knows at least one endpoint, waiting
-// for up to the dial timeout (at start-up, before the first set is published).
-func (d *Dialer) waitForEndpoints(ctx context.Context) (*health.Snapshot, error) {
+// waitUntil returns the latest snapshot once ready accepts it, or when the dial timeout has
+// passed, whichever comes first; it does not start a timer when the snapshot is ready already.
+func (d *Dialer) waitUntil(ctx context.Context, ready func(*health.Snapshot) bool) (*health.Snapshot, error) {
 	snap := d.table.Load()
-	if len(snap.Known()) > 0 {
+	if ready(snap) {
 		return snap, nil
 	}
 	t := time.NewTimer(d.timeout)
 	defer t.Stop()
-	for len(snap.Known()) == 0 {
-		select {
-		case <-snap.Changed():
-			snap = d.table.Load()
-		case <-t.C:
-			return nil, fmt.Errorf("no endpoint known yet: %w", ErrNoEndpoint)
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	return snap, nil
-}
-
-// waitForRotation waits up to the dial timeout for an endpoint to come into rotation, and
-// returns the latest snapshot either way.
-func (d *Dialer) waitForRotation(ctx context.Context, snap *health.Snapshot) (*health.Snapshot, error) {
-	t := time.NewTimer(d.timeout)
-	defer t.Stop()
-	for len(snap.Available()) == 0 {
+	for !ready(snap) {
 		select {
 		case <-snap.Changed():
 			snap = d.table.Load()
@@ -149,6 +132,10 @@ func (d *Dialer) waitForRotation(ctx context.Context, snap *health.Snapshot) (*h
 	}
 	return snap, nil
 }
+
+func knowsEndpoints(s *health.Snapshot) bool { return len(s.Known()) > 0 }
+
+func hasRotation(s *health.Snapshot) bool { return len(s.Available()) > 0 }
 
 // localShortage reports whether err is the gateway's own lack of resources, which says
 // nothing about the endpoint.
