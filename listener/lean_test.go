@@ -20,23 +20,9 @@ func openFDs(t testing.TB) int {
 	return len(entries)
 }
 
-// bufferedEcho echoes with a plain buffer, so that the backend itself holds no splice pipe.
-func bufferedEcho(c *net.TCPConn) {
-	buf := make([]byte, 4096)
-	for {
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		if _, err := c.Write(buf[:n]); err != nil {
-			return
-		}
-	}
-}
-
 // An idle proxied connection holds its two sockets and nothing else: no splice pipes.
 func TestIdleConnectionHoldsTwoDescriptors(t *testing.T) {
-	backend := testnet.Serve(t, bufferedEcho)
+	backend := testnet.Serve(t, func(c *net.TCPConn) { testnet.EchoBuffered(c) })
 	addr := serveListener(t, dialTo(backend.Addr()))
 
 	// Warm up: one connection that moves bulk data, so the splice path has run.

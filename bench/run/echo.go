@@ -6,10 +6,12 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+
+	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
 )
 
-// serveEcho is the echo suite: it echoes every byte on each address with a small buffer per
-// connection (no splice, so it holds one descriptor per connection), until killed.
+// serveEcho is the echo suite: it echoes every byte on each address through a small buffer per
+// connection (no splice, so one descriptor per connection), until killed.
 func serveEcho(addrs []string) {
 	for _, a := range addrs {
 		ln, err := net.Listen("tcp", a)
@@ -22,25 +24,14 @@ func serveEcho(addrs []string) {
 				if err != nil {
 					return
 				}
-				go echoConn(c)
+				go func() {
+					defer c.Close()
+					testnet.EchoBuffered(c)
+				}()
 			}
 		}()
 	}
 	select {}
-}
-
-func echoConn(c net.Conn) {
-	defer c.Close()
-	buf := make([]byte, 16<<10)
-	for {
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		if _, err := c.Write(buf[:n]); err != nil {
-			return
-		}
-	}
 }
 
 // startEchoes runs three echo servers in a child process of this program and returns their

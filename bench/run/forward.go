@@ -216,11 +216,29 @@ func waitAccepting(addr string) error {
 	return fmt.Errorf("nothing accepts on %s", addr)
 }
 
+// latencies collects the latencies of many goroutines.
+type latencies struct {
+	mu  sync.Mutex
+	all []time.Duration
+}
+
+// add appends one goroutine's latencies.
+func (l *latencies) add(mine []time.Duration) {
+	l.mu.Lock()
+	l.all = append(l.all, mine...)
+	l.mu.Unlock()
+}
+
+// sorted returns the latencies in order; call it after every goroutine has added its own.
+func (l *latencies) sorted() []time.Duration {
+	slices.Sort(l.all)
+	return l.all
+}
+
 // pingPong sends 64 B and waits for the echo, on conns connections for d. It returns round
 // trips per second and the p50 and p99 latency in microseconds.
 func pingPong(addr string, conns int, d time.Duration) (float64, float64, float64) {
-	var mu sync.Mutex
-	var lat []time.Duration
+	var lats latencies
 	var wg sync.WaitGroup
 	stop := time.Now().Add(d)
 	for range conns {
@@ -244,16 +262,14 @@ func pingPong(addr string, conns int, d time.Duration) (float64, float64, float6
 				}
 				mine = append(mine, time.Since(t0))
 			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
+			lats.add(mine)
 		}()
 	}
 	wg.Wait()
+	lat := lats.sorted()
 	if len(lat) == 0 {
 		return 0, 0, 0
 	}
-	slices.Sort(lat)
 	us := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Nanoseconds()) / 1000 }
 	return float64(len(lat)) / d.Seconds(), us(0.5), us(0.99)
 }
@@ -458,8 +474,7 @@ func etcdLoad(addrs []string, d time.Duration, op func(*clientv3.Client, int) er
 		}
 		clients = append(clients, cl)
 	}
-	var mu sync.Mutex
-	var lat []time.Duration
+	var lats latencies
 	var errs atomic.Int64
 	var wg sync.WaitGroup
 	stop := time.Now().Add(d)
@@ -477,17 +492,15 @@ func etcdLoad(addrs []string, d time.Duration, op func(*clientv3.Client, int) er
 					}
 					mine = append(mine, time.Since(t0))
 				}
-				mu.Lock()
-				lat = append(lat, mine...)
-				mu.Unlock()
+				lats.add(mine)
 			}()
 		}
 	}
 	wg.Wait()
+	lat := lats.sorted()
 	if len(lat) == 0 {
 		return 0, 0, fmt.Errorf("no request succeeded (%d errors)", errs.Load())
 	}
-	slices.Sort(lat)
 	return float64(len(lat)) / d.Seconds(), float64(lat[len(lat)*99/100].Microseconds()) / 1000, nil
 }
 

@@ -65,6 +65,21 @@ func serveOn(t testing.TB, ln *net.TCPListener, handle func(*net.TCPConn)) *Serv
 // Echo starts a Server that echoes every byte and half-closes when the client does.
 func Echo(t testing.TB) *Server { return Serve(t, echo) }
 
+// EchoBuffered echoes c through a small buffer until it ends. Unlike io.Copy between
+// sockets it never splices, so it holds no pipe: one descriptor per connection.
+func EchoBuffered(c net.Conn) {
+	buf := make([]byte, 16<<10)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		if _, err := c.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
 func echo(c *net.TCPConn) {
 	if _, err := io.Copy(c, c); err == nil {
 		c.CloseWrite()
