@@ -142,15 +142,13 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 	alive := <-liveness
 
 	if err := ready.err; err != nil {
-		var opErr *net.OpError
-		var netErr net.Error
 		var untrusted *untrustedError
 		switch {
 		case errors.As(err, &untrusted):
 			return Down, untrusted.Error(), answered
-		case errors.As(err, &opErr) && opErr.Op == "dial":
-			return Down, opErr.Err.Error(), answered
-		case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, context.DeadlineExceeded):
+		case dialError(err) != nil:
+			return Down, dialError(err).Err.Error(), answered
+		case isTimeout(err):
 			if alive.err == nil && alive.status == http.StatusOK {
 				return Degraded, fmt.Sprintf("alive, but no answer to GET %s within %s", path, c.timeout), answered
 			}

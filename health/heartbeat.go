@@ -47,7 +47,7 @@ func (h *heartbeater) beat(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	fresh := h.conn == nil
 	err := h.exchange(ctx, deadline)
-	if err != nil && !fresh && !isTimeout(err) && !isDialError(err) {
+	if err != nil && !fresh && !isTimeout(err) && dialError(err) == nil {
 		err = h.exchange(ctx, deadline) // the member closed our idle connection: reconnect
 	}
 	switch {
@@ -55,7 +55,7 @@ func (h *heartbeater) beat(ctx context.Context, timeout time.Duration) error {
 		return nil
 	case isTimeout(err):
 		return fmt.Errorf("no answer to heartbeats (GET /version) within %s", timeout)
-	case isDialError(err):
+	case dialError(err) != nil:
 		return fmt.Errorf("heartbeat: %w", err)
 	}
 	return nil // an answer, if not HTTP: the process is alive
@@ -129,7 +129,11 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)
 }
 
-func isDialError(err error) bool {
+// dialError returns the failed dial inside err, or nil when err is not one.
+func dialError(err error) *net.OpError {
 	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
+	if errors.As(err, &op) && op.Op == "dial" {
+		return op
+	}
+	return nil
 }
