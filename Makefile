@@ -4,9 +4,12 @@ export CGO_ENABLED ?= 0
 
 .PHONY: build test unit e2e demo etcd lint clean haproxy bench bench-faults
 
+# The version `etcd-gateway version` prints: the nearest tag, else the commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+
 ## build: the static etcd-gateway binary in bin/
 build:
-	$(GO) build -trimpath -o bin/etcd-gateway ./cmd/etcd-gateway
+	$(GO) build -trimpath -ldflags "-X github.com/etcd-gateway/etcd-gateway/internal/version.version=$(VERSION)" -o bin/etcd-gateway ./cmd/etcd-gateway
 
 ## etcd: etcd v3.6 and etcdctl, built from the published modules into e2e/bin/
 etcd:

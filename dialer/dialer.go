@@ -27,7 +27,17 @@ type Dialer struct {
 	reprobe health.Reprobe
 	timeout time.Duration
 	net     net.Dialer
+	observe Observer
 }
+
+// Observer is told the outcome of every dial to a member, for metrics. It runs on the dialing
+// goroutine, so it must not block.
+type Observer interface {
+	Dialed(ep resolver.Endpoint, took time.Duration, err error)
+}
+
+// Observe makes o see every dial from now on; call it before the Dialer is used.
+func (d *Dialer) Observe(o Observer) { d.observe = o }
 
 // New returns a Dialer that picks from table, reports failures to reports, asks for re-probes
 // on reprobe while nothing is healthy, bounds each dial by timeout and keeps TCP keep-alive on
@@ -95,7 +105,11 @@ func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, err
 // next endpoint should be tried. lastResort marks an endpoint already out of rotation, whose
 // failure is not news.
 func (d *Dialer) dialOne(ctx context.Context, ep resolver.Endpoint, lastResort bool) (*net.TCPConn, error) {
+	began := time.Now()
 	c, err := d.net.DialContext(ctx, "tcp", ep.Addr())
+	if d.observe != nil {
+		d.observe.Dialed(ep, time.Since(began), err)
+	}
 	if err == nil {
 		return c.(*net.TCPConn), nil
 	}

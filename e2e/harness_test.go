@@ -304,7 +304,16 @@ func startGateway(t *testing.T, members []*member, args ...string) *gateway {
 // startGatewayArgs is startGateway with every flag but --listen-addr given by the caller.
 func startGatewayArgs(t *testing.T, args ...string) *gateway {
 	t.Helper()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	return startGatewayOn(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), args...)
+}
+
+// startGatewayOn is startGatewayArgs listening on addr: host:port, or unix://PATH.
+func startGatewayOn(t *testing.T, addr string, args ...string) *gateway {
+	t.Helper()
+	network, dialAddr := "tcp", addr
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		network, dialAddr = "unix", path
+	}
 	all := append([]string{"start", "--listen-addr=" + addr, "--log-level=debug"}, args...)
 	g := &gateway{addr: addr, proc: startProc(t, gatewayBin, all...)}
 	t.Cleanup(func() {
@@ -327,7 +336,7 @@ func startGatewayArgs(t *testing.T, args ...string) *gateway {
 	})
 	deadline := time.Now().Add(defaultTestTimeout)
 	for {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		c, err := net.DialTimeout(network, dialAddr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
 			return g

@@ -55,6 +55,7 @@ func (m *Manager) String() string { return "health/manager" }
 // member is the Manager's per-run state of one endpoint.
 type member struct {
 	state      State
+	reason     string        // why it is not healthy
 	markedDown chan struct{} // tells the prober a dial failed
 	now        chan struct{} // asks the prober to probe at once
 	token      suture.ServiceToken
@@ -118,6 +119,7 @@ func (r *run) follow(set []resolver.Endpoint) {
 		if !keep[ep] {
 			_ = r.probers.Remove(mb.token) // fails only once the probers are stopping
 			delete(r.members, ep)
+			r.m.table.forgetProbes(ep)
 		}
 	}
 	for _, ep := range set {
@@ -128,7 +130,7 @@ func (r *run) follow(set []resolver.Endpoint) {
 		if !known {
 			state = Healthy
 		}
-		mb := &member{state: state, markedDown: make(chan struct{}, 1), now: make(chan struct{}, 1)}
+		mb := &member{state: state, reason: prev.Reason(ep), markedDown: make(chan struct{}, 1), now: make(chan struct{}, 1)}
 		mb.token = r.probers.Add(&Prober{
 			ep: ep, cfg: r.m.probe, state: state, table: r.m.table,
 			markedDown: mb.markedDown, now: mb.now, out: r.m.reports,
@@ -148,7 +150,7 @@ func (r *run) record(rep Report) {
 		return
 	}
 	old := mb.state
-	mb.state = rep.State
+	mb.state, mb.reason = rep.State, rep.Reason
 	r.m.log.Info("endpoint state changed",
 		zap.Stringer("endpoint", rep.Endpoint),
 		zap.Stringer("from", old),
@@ -164,10 +166,12 @@ func (r *run) record(rep Report) {
 // publish stores a Snapshot of the current state.
 func (r *run) publish() {
 	states := make([]State, len(r.set))
+	reasons := make([]string, len(r.set))
 	for i, ep := range r.set {
-		states[i] = r.members[ep].state
+		states[i], reasons[i] = r.members[ep].state, r.members[ep].reason
 	}
 	snap := NewSnapshot(r.set, states)
+	snap.reasons = reasons
 	if snap.HealthyCount() == 0 && len(r.set) > 0 && r.m.table.Load().HealthyCount() > 0 {
 		r.m.log.Warn("no endpoint healthy; using degraded endpoints, or trying every known one for each client",
 			zap.Int("known", len(r.set)), zap.Int("degraded", len(snap.Available())))

@@ -65,6 +65,7 @@ func (p *Prober) Serve(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		p.table.recordProbe(p.ep, Probe{At: began, Result: got, Reason: reason})
 		if ce := p.log.Check(zap.DebugLevel, "probed"); ce != nil {
 			ce.Write(zap.Stringer("state", got), zap.String("reason", reason))
 		}
@@ -153,4 +154,12 @@ func (p *Prober) wait(ctx context.Context, chk *checker, hb *heartbeater, began 
 			return state, "", ctx.Err()
 		}
 	}
+}
+
+// ProbeOnce probes ep once as a Prober would, and returns its state and, when it is not
+// healthy, why.
+func ProbeOnce(ctx context.Context, ep resolver.Endpoint, cfg ProbeConfig) (State, string) {
+	chk := newChecker(ep, cfg.Mode, cfg.Timeout, cfg.TLS)
+	defer chk.close()
+	return chk.check(ctx)
 }

@@ -3,7 +3,9 @@ package health
 import (
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
@@ -15,6 +17,7 @@ import (
 type Snapshot struct {
 	known     []resolver.Endpoint
 	states    []State
+	reasons   []string // why known[i] is not healthy, as the Manager last learnt it
 	healthy   int
 	available []resolver.Endpoint
 	tiers     []Tier
@@ -62,6 +65,16 @@ func (s *Snapshot) State(ep resolver.Endpoint) (State, bool) {
 	return s.states[i], true
 }
 
+// Reason returns why ep is in its state when it is not healthy: the last failed probe, dial or
+// heartbeat that changed it.
+func (s *Snapshot) Reason(ep resolver.Endpoint) string {
+	i := slices.Index(s.known, ep)
+	if i < 0 || i >= len(s.reasons) {
+		return ""
+	}
+	return s.reasons[i]
+}
+
 // HealthyCount returns how many endpoints are healthy.
 func (s *Snapshot) HealthyCount() int { return s.healthy }
 
@@ -79,9 +92,31 @@ func (s *Snapshot) Next() uint32 { return s.cursor.Add(1) }
 func (s *Snapshot) Changed() <-chan struct{} { return s.changed }
 
 // Table holds the current Snapshot. Load is safe from any goroutine; only the Manager stores.
+// It also keeps the last probe of every endpoint, which each Prober writes for its own.
 type Table struct {
-	cur atomic.Pointer[Snapshot]
+	cur    atomic.Pointer[Snapshot]
+	probes sync.Map // resolver.Endpoint → *Probe
 }
+
+// Probe is the outcome of one probe of an endpoint.
+type Probe struct {
+	At     time.Time
+	Result State
+	Reason string // empty when healthy
+}
+
+// LastProbe returns the latest probe of ep, and false before its first one.
+func (t *Table) LastProbe(ep resolver.Endpoint) (Probe, bool) {
+	v, ok := t.probes.Load(ep)
+	if !ok {
+		return Probe{}, false
+	}
+	return *v.(*Probe), true
+}
+
+func (t *Table) recordProbe(ep resolver.Endpoint, p Probe) { t.probes.Store(ep, &p) }
+
+func (t *Table) forgetProbes(ep resolver.Endpoint) { t.probes.Delete(ep) }
 
 // NewTable returns a Table holding an empty Snapshot.
 func NewTable() *Table {

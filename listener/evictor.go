@@ -32,18 +32,15 @@ func NewEvictor(table *health.Table, fwd *Forwarder, log *zap.Logger) *Evictor {
 // String names the service in supervisor events.
 func (e *Evictor) String() string { return "listener/evictor" }
 
-// Serve watches the snapshots until ctx ends.
+// Serve watches the snapshots until ctx ends. It starts from nothing evictable, so that a
+// restarted Evictor closes the connections of an endpoint that went down while it was not
+// running.
 func (e *Evictor) Serve(ctx context.Context) error {
-	prev := e.table.Load()
+	var prev *health.Snapshot
 	for {
-		select {
-		case <-prev.Changed():
-		case <-ctx.Done():
-			return ctx.Err()
-		}
 		cur := e.table.Load()
 		for _, ep := range cur.Known() {
-			if !evictable(cur, ep) || evictable(prev, ep) {
+			if !evictable(cur, ep) || prev != nil && evictable(prev, ep) {
 				continue
 			}
 			state, _ := cur.State(ep)
@@ -53,6 +50,11 @@ func (e *Evictor) Serve(ctx context.Context) error {
 			}
 		}
 		prev = cur
+		select {
+		case <-cur.Changed():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 

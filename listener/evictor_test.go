@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
@@ -15,6 +16,16 @@ import (
 
 // When an endpoint turns down, the evictor closes the connections proxied to it, and only those.
 func TestEvictorClosesConnectionsOfADownEndpoint(t *testing.T) {
+	testEviction(t, false)
+}
+
+// An evictor that starts (or restarts) after an endpoint went down still closes its
+// connections.
+func TestEvictorStartedLateClosesConnectionsOfADownEndpoint(t *testing.T) {
+	testEviction(t, true)
+}
+
+func testEviction(t *testing.T, startEvictorLate bool) {
 	sick, fine := testnet.Named(t, "sick"), testnet.Named(t, "fine")
 	var eps []resolver.Endpoint
 	for _, s := range []*testnet.Server{sick, fine} {
@@ -34,11 +45,17 @@ func TestEvictorClosesConnectionsOfADownEndpoint(t *testing.T) {
 	fwd := NewForwarder(dialerOf(table), zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 3)
-	for _, svc := range []interface{ Serve(context.Context) error }{manager, NewService(ln, fwd, zap.NewNop()), NewEvictor(table, fwd, zap.NewNop())} {
+	run := func(svc interface{ Serve(context.Context) error }) {
 		go func() {
 			svc.Serve(ctx)
 			done <- struct{}{}
 		}()
+	}
+	evictor := NewEvictor(table, fwd, zaptest.NewLogger(t))
+	run(manager)
+	run(NewService(ln, fwd, zap.NewNop()))
+	if !startEvictorLate {
+		run(evictor)
 	}
 	defer func() {
 		cancel()
@@ -78,6 +95,12 @@ func TestEvictorClosesConnectionsOfADownEndpoint(t *testing.T) {
 	sickEP, _ := resolver.ParseEndpoint(sick.Addr())
 	began := time.Now()
 	reports <- health.Report{Endpoint: sickEP, State: health.Down, Reason: "test", FromDial: true}
+	if startEvictorLate {
+		for len(table.Load().Available()) != 1 {
+			<-table.Load().Changed()
+		}
+		run(evictor)
+	}
 	for _, c := range conns["sick"] {
 		c.SetReadDeadline(time.Now().Add(defaultTestTimeout))
 		if _, err := c.Read(make([]byte, 1)); err == nil {
@@ -86,6 +109,9 @@ func TestEvictorClosesConnectionsOfADownEndpoint(t *testing.T) {
 	}
 	if took := time.Since(began); took > evictionSpread {
 		t.Errorf("eviction of %d connections took %s", len(conns["sick"]), took)
+	}
+	if got := fwd.Counters()[sickEP].Evicted; got != uint64(len(conns["sick"])) {
+		t.Errorf("Counters say %d connections to %s evicted, want %d", got, sickEP, len(conns["sick"]))
 	}
 	for _, c := range conns["fine"] {
 		roundTrip(t, c, "still served")

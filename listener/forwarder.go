@@ -2,6 +2,7 @@ package listener
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -24,8 +25,48 @@ type Forwarder struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu   sync.Mutex
-	live map[*net.TCPConn]resolver.Endpoint // client side of every forwarded connection → its member
+	mu       sync.Mutex
+	live     map[*proxied]struct{}                   // every forwarded connection
+	ended    map[resolver.Endpoint]*EndpointCounters // what ended connections moved, and counts of all
+	shutdown bool                                    // Shutdown has closed the live connections; take no more
+}
+
+// EndpointCounters is what the Forwarder has done with one endpoint since it started.
+type EndpointCounters struct {
+	Active    int    // connections forwarded now
+	Total     uint64 // connections forwarded, ended or not
+	Evicted   uint64 // connections closed because the endpoint turned unhealthy
+	BytesUp   uint64 // client to endpoint
+	BytesDown uint64 // endpoint to client
+}
+
+// Counters returns the counters of every endpoint the Forwarder has forwarded to. It walks
+// the live connections, so call it at the pace of a metrics scrape, not per connection.
+func (f *Forwarder) Counters() map[resolver.Endpoint]EndpointCounters {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[resolver.Endpoint]EndpointCounters, len(f.ended))
+	for ep, c := range f.ended {
+		out[ep] = *c
+	}
+	for p := range f.live {
+		c := out[p.endpoint]
+		c.Active++
+		c.BytesUp += uint64(p.up.n.Load())
+		c.BytesDown += uint64(p.down.n.Load())
+		out[p.endpoint] = c
+	}
+	return out
+}
+
+// countersOf returns the counters of ep, creating them. Call it with f.mu held.
+func (f *Forwarder) countersOf(ep resolver.Endpoint) *EndpointCounters {
+	c := f.ended[ep]
+	if c == nil {
+		c = &EndpointCounters{}
+		f.ended[ep] = c
+	}
+	return c
 }
 
 // NewForwarder returns a Forwarder that dials backends with dial.
@@ -36,14 +77,22 @@ func NewForwarder(dial DialFunc, log *zap.Logger) *Forwarder {
 		log:    log.Named("listener"),
 		ctx:    ctx,
 		cancel: cancel,
-		live:   make(map[*net.TCPConn]resolver.Endpoint),
+		live:   make(map[*proxied]struct{}),
+		ended:  make(map[resolver.Endpoint]*EndpointCounters),
 	}
 }
 
-// Forward takes ownership of client and proxies it on a goroutine of its own.
-func (f *Forwarder) Forward(client *net.TCPConn) {
+// Forward takes ownership of client, a *net.TCPConn or *net.UnixConn, and proxies it on a
+// goroutine of its own.
+func (f *Forwarder) Forward(client net.Conn) {
+	s, ok := client.(stream)
+	if !ok {
+		client.Close()
+		f.log.Error("cannot forward this kind of connection; closed it", zap.String("type", fmt.Sprintf("%T", client)))
+		return
+	}
 	f.wg.Add(1)
-	go f.serve(client)
+	go f.serve(s)
 }
 
 // Active returns the number of connections being forwarded now.
@@ -53,7 +102,7 @@ func (f *Forwarder) Active() int {
 	return len(f.live)
 }
 
-func (f *Forwarder) serve(client *net.TCPConn) {
+func (f *Forwarder) serve(client stream) {
 	defer f.wg.Done()
 	defer func() {
 		if p := recover(); p != nil {
@@ -71,22 +120,37 @@ func (f *Forwarder) serve(client *net.TCPConn) {
 		}
 		return
 	}
-	f.track(client, ep)
-	p := &proxied{client: client, backend: backend, wg: &f.wg, done: func(p *proxied) {
-		f.untrack(client)
+	p := &proxied{client: client, backend: backend, endpoint: ep, wg: &f.wg, done: func(p *proxied) {
+		f.untrack(p)
 		if ce := f.log.Check(zap.DebugLevel, "proxied connection closed"); ce != nil {
 			ce.Write(zap.Stringer("remote_addr", client.RemoteAddr()), zap.Stringer("endpoint", ep),
-				zap.Int64("bytes_up", p.up), zap.Int64("bytes_down", p.down),
+				zap.Int64("bytes_up", p.up.n.Load()), zap.Int64("bytes_down", p.down.n.Load()),
 				zap.Duration("duration", time.Since(started)), zap.Error(p.err()))
 		}
 	}}
-	p.start()
+	if !f.track(p) {
+		client.Close()
+		backend.Close()
+		return
+	}
+	if err := p.start(); err != nil {
+		f.untrack(p)
+		client.Close()
+		backend.Close()
+		f.log.Error("could not start copying; closed the connection", zap.Error(err))
+	}
 }
 
-func (f *Forwarder) track(c *net.TCPConn, ep resolver.Endpoint) {
+// track records a connection about to be copied; false once Shutdown has closed the rest.
+func (f *Forwarder) track(p *proxied) bool {
 	f.mu.Lock()
-	f.live[c] = ep
-	f.mu.Unlock()
+	defer f.mu.Unlock()
+	if f.shutdown {
+		return false
+	}
+	f.live[p] = struct{}{}
+	f.countersOf(p.endpoint).Total++
+	return true
 }
 
 // evictionPace is the pause between two evicted connections: a few clients move at once, and
@@ -98,15 +162,15 @@ const evictionPace = time.Millisecond
 // reconnect at once. It returns how many it closed.
 func (f *Forwarder) Evict(ctx context.Context, ep resolver.Endpoint, spread time.Duration) int {
 	f.mu.Lock()
-	var victims []*net.TCPConn
-	for c, to := range f.live {
-		if to == ep {
-			victims = append(victims, c)
+	var victims []*proxied
+	for p := range f.live {
+		if p.endpoint == ep {
+			victims = append(victims, p)
 		}
 	}
 	f.mu.Unlock()
 	pace := min(evictionPace, spread/time.Duration(max(len(victims), 1)))
-	for i, c := range victims {
+	for i, p := range victims {
 		if i > 0 {
 			t := time.NewTimer(pace)
 			select {
@@ -116,14 +180,22 @@ func (f *Forwarder) Evict(ctx context.Context, ep resolver.Endpoint, spread time
 				return i
 			}
 		}
-		c.Close()
+		f.mu.Lock()
+		f.countersOf(ep).Evicted++
+		f.mu.Unlock()
+		p.abort()
 	}
 	return len(victims)
 }
 
-func (f *Forwarder) untrack(c *net.TCPConn) {
+func (f *Forwarder) untrack(p *proxied) {
 	f.mu.Lock()
-	delete(f.live, c)
+	if _, ok := f.live[p]; ok {
+		c := f.countersOf(p.endpoint)
+		c.BytesUp += uint64(p.up.n.Load())
+		c.BytesDown += uint64(p.down.n.Load())
+	}
+	delete(f.live, p)
 	f.mu.Unlock()
 }
 
@@ -146,11 +218,15 @@ func (f *Forwarder) Shutdown(grace time.Duration) int {
 	}
 	f.cancel()
 	f.mu.Lock()
-	closed := len(f.live)
-	for c := range f.live {
-		c.Close()
+	f.shutdown = true
+	victims := make([]*proxied, 0, len(f.live))
+	for p := range f.live {
+		victims = append(victims, p)
 	}
 	f.mu.Unlock()
+	for _, p := range victims {
+		p.abort()
+	}
 	<-done
-	return closed
+	return len(victims)
 }

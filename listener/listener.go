@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -15,21 +17,49 @@ import (
 // maxAcceptBackoff bounds the pause after a temporary accept error such as EMFILE.
 const maxAcceptBackoff = time.Second
 
-// Listen binds addr for TCP with keep-alive on every accepted connection.
-func Listen(ctx context.Context, addr string, keepAlive time.Duration) (*net.TCPListener, error) {
+// UnixScheme prefixes a --listen-addr that is a Unix socket path: unix:///run/etcd.sock.
+const UnixScheme = "unix://"
+
+// Listen binds addr: host:port for TCP, with keep-alive on every accepted connection, or
+// unix://PATH for a Unix stream socket with the given mode. A socket file left behind by a
+// gateway that is gone is replaced; one that still accepts connections is not.
+func Listen(ctx context.Context, addr string, keepAlive time.Duration, socketMode os.FileMode) (Acceptor, error) {
 	lc := net.ListenConfig{KeepAlive: keepAlive}
-	ln, err := lc.Listen(ctx, "tcp", addr)
+	path, isUnix := strings.CutPrefix(addr, UnixScheme)
+	if !isUnix {
+		ln, err := lc.Listen(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return ln.(*net.TCPListener), nil
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == os.ModeSocket {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s is in use by a running process", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	ln, err := lc.Listen(ctx, "unix", path)
 	if err != nil {
 		return nil, err
 	}
-	return ln.(*net.TCPListener), nil
+	if err := os.Chmod(path, socketMode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("set the mode of %s: %w", path, err)
+	}
+	return ln.(*net.UnixListener), nil
 }
 
-// Acceptor is the part of *net.TCPListener the accept loop uses.
+// Acceptor is a bound listening socket as the accept loop uses it: *net.TCPListener or
+// *net.UnixListener.
 type Acceptor interface {
-	AcceptTCP() (*net.TCPConn, error)
+	Accept() (net.Conn, error)
 	SetDeadline(t time.Time) error
 	Addr() net.Addr
+	Close() error
 }
 
 // Service is the accept loop: it hands every accepted connection to the Forwarder. It never
@@ -63,7 +93,7 @@ func (s *Service) Serve(ctx context.Context) error {
 	defer stop()
 	var backoff time.Duration
 	for {
-		c, err := s.ln.AcceptTCP()
+		c, err := s.ln.Accept()
 		if err == nil {
 			if backoff > 0 {
 				s.log.Info("accepting again")

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -20,7 +23,7 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
-// faultyListener is a real listener whose next AcceptTCP calls can be made to fail.
+// faultyListener is a real listener whose next Accept calls can be made to fail.
 type faultyListener struct {
 	*net.TCPListener
 	mu     sync.Mutex
@@ -36,7 +39,7 @@ func (l *faultyListener) fail(errs ...error) {
 // errPanic makes faultyListener panic instead of returning an error.
 var errPanic = errors.New("panic")
 
-func (l *faultyListener) AcceptTCP() (*net.TCPConn, error) {
+func (l *faultyListener) Accept() (net.Conn, error) {
 	l.mu.Lock()
 	if len(l.faults) > 0 {
 		err := l.faults[0]
@@ -48,7 +51,7 @@ func (l *faultyListener) AcceptTCP() (*net.TCPConn, error) {
 		return nil, err
 	}
 	l.mu.Unlock()
-	return l.TCPListener.AcceptTCP()
+	return l.TCPListener.Accept()
 }
 
 // dialTo returns a DialFunc that always connects to addr.
@@ -263,7 +266,7 @@ func TestForwarderRecoversPanicPerConnection(t *testing.T) {
 }
 
 func TestListenTurnsOnKeepAlive(t *testing.T) {
-	ln, err := Listen(context.Background(), "127.0.0.1:0", 0)
+	ln, err := Listen(context.Background(), "127.0.0.1:0", 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +276,7 @@ func TestListenTurnsOnKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	accepted, err := ln.AcceptTCP()
+	accepted, err := ln.(*net.TCPListener).AcceptTCP()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,4 +322,55 @@ func serveListener(t testing.TB, dial DialFunc) string {
 		fwd.Shutdown(defaultTestTimeout)
 	})
 	return ln.Addr().String()
+}
+
+// A unix:// listen address serves on a Unix socket with the given mode, replaces a stale socket
+// file and refuses one that a live process serves.
+func TestListenUnixSocket(t *testing.T) {
+	backend := testnet.Serve(t, func(c *net.TCPConn) { testnet.EchoBuffered(c) })
+	path := filepath.Join(t.TempDir(), "gw.sock")
+	stale, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close() // leaves the file, as a killed gateway does
+
+	ln, err := Listen(context.Background(), UnixScheme+path, 0, 0o600)
+	if err != nil {
+		t.Fatalf("listen over a stale socket file: %v", err)
+	}
+	defer ln.Close()
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode = %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+	if _, err := Listen(context.Background(), UnixScheme+path, 0, 0o600); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second listen on a served socket = %v, want it refused as in use", err)
+	}
+
+	fwd := NewForwarder(dialTo(backend.Addr()), zap.NewNop())
+	svc := NewService(ln, fwd, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Serve(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		fwd.Shutdown(defaultTestTimeout)
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip(t, c, "over a unix socket")
+	big := strings.Repeat("b", 1<<20) // large enough for the copy path's bulk branch both ways
+	roundTrip(t, c, big)
+	if err := c.(*net.UnixConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(defaultTestTimeout))
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Fatalf("after half-closing the unix client: read %d bytes, %v; want a clean EOF", len(rest), err)
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
 // copyBufferSize is the buffer of one read; a read that fills it switches to splice.
@@ -20,92 +22,111 @@ var buffers = sync.Pool{New: func() any {
 	return &b
 }}
 
-// proxied is one client connection and its backend, copied both ways by two goroutines of
-// their own: the goroutine that dialed (with its deep stack) does not stay parked for the life
-// of the connection. A clean end of one direction is passed on as a half-close while the other
-// keeps flowing; an error in either closes both. The goroutine that finishes last closes both
-// connections and calls done.
+// proxied is one client connection and its backend, copied both ways, each direction by a
+// half on a goroutine of its own: the goroutine that dialed (with its deep stack) does not stay
+// parked for the life of the connection. A clean end of one direction is passed on as a
+// half-close while the other keeps flowing; an error in either closes both. The half that
+// finishes last closes both connections and calls done.
 type proxied struct {
-	client, backend *net.TCPConn
-	up, down        int64 // bytes copied each way
-	errUp, errDown  error
-	pending         atomic.Int32
-	done            func(*proxied)
-	wg              *sync.WaitGroup // owner of the two goroutines
+	client   stream
+	backend  *net.TCPConn
+	endpoint resolver.Endpoint
+	up, down half // client to backend, backend to client
+	pending  atomic.Int32
+	done     func(*proxied)
+	wg       *sync.WaitGroup // owner of the two goroutines
+}
+
+// stream is a connection that can half-close and hand out its descriptor: a backend's
+// *net.TCPConn, and a client's *net.TCPConn or *net.UnixConn.
+type stream interface {
+	net.Conn
+	CloseWrite() error
+	CloseRead() error
+	SyscallConn() (syscall.RawConn, error)
+}
+
+// half is one direction of a proxied connection.
+type half struct {
+	p        *proxied
+	dst, src stream
+	raw      syscall.RawConn  // src's
+	queued   io.LimitedReader // reused by every splice of this direction
+	n        atomic.Int64     // bytes copied; read by metrics while it runs
+	err      error            // why it ended; nil after a clean EOF
 }
 
 // start runs both directions.
-func (p *proxied) start() {
+func (p *proxied) start() error {
+	p.up = half{p: p, dst: p.backend, src: p.client}
+	p.down = half{p: p, dst: p.client, src: p.backend}
+	for _, h := range []*half{&p.up, &p.down} {
+		raw, err := h.src.SyscallConn()
+		if err != nil {
+			return err
+		}
+		h.raw = raw
+		h.queued.R = h.src
+	}
 	p.pending.Store(2)
 	p.wg.Add(2)
-	go p.copyUp()
-	go p.copyDown()
+	go p.up.copyUp()
+	go p.down.copyDown()
+	return nil
 }
 
-// copyUp is the client-to-backend direction; named so that goroutine dumps say what it is.
-func (p *proxied) copyUp() {
-	defer p.wg.Done()
-	p.up, p.errUp = copyHalf(p.backend, p.client)
-	p.finish()
-}
-
-// copyDown is the backend-to-client direction.
-func (p *proxied) copyDown() {
-	defer p.wg.Done()
-	p.down, p.errDown = copyHalf(p.client, p.backend)
-	p.finish()
-}
-
-func (p *proxied) finish() {
-	if p.pending.Add(-1) == 0 {
-		p.client.Close()
-		p.backend.Close()
-		p.done(p)
-	}
+// abort closes both connections, which ends both directions.
+func (p *proxied) abort() {
+	p.client.Close()
+	p.backend.Close()
 }
 
 // err is the first error of either direction, nil when both ended cleanly.
 func (p *proxied) err() error {
-	if p.errUp != nil {
-		return p.errUp
+	if p.up.err != nil {
+		return p.up.err
 	}
-	return p.errDown
+	return p.down.err
 }
 
-// copyHalf copies src to dst until EOF, then half-closes: FIN to dst, no more reads from src.
-// On an error it closes both, which also ends the copy in the other direction.
-func copyHalf(dst, src *net.TCPConn) (int64, error) {
-	n, err := copyLean(dst, src)
+// copyUp runs the client-to-backend direction; named so that goroutine dumps say what it is.
+func (h *half) copyUp() { h.run() }
+
+// copyDown runs the backend-to-client direction.
+func (h *half) copyDown() { h.run() }
+
+// run copies until src ends or fails. At EOF it half-closes: FIN to dst, no more reads from
+// src. On an error it closes both connections, which also ends the other direction.
+func (h *half) run() {
+	defer h.p.wg.Done()
+	err := h.copy()
 	if err == nil {
-		err = dst.CloseWrite()
-		src.CloseRead()
+		err = h.dst.CloseWrite()
+		h.src.CloseRead()
 	}
+	h.err = err
 	if err != nil {
-		dst.Close()
-		src.Close()
+		h.p.abort()
 	}
-	return n, err
+	if h.p.pending.Add(-1) == 0 {
+		h.p.abort()
+		h.p.done(h.p)
+	}
 }
 
-// copyLean copies src to dst until EOF without holding anything while src is idle: it waits
-// for src in the poller with no buffer and no splice pipe (io.Copy between two TCP
-// connections parks inside splice holding a pipe, two more descriptors per direction of every
-// idle connection). Small reads go through a pooled buffer; a read that fills the buffer
-// switches to splice for exactly the bytes already queued, so bulk transfers stay zero-copy.
-func copyLean(dst, src *net.TCPConn) (int64, error) {
-	raw, err := src.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var total int64
-	queued := &io.LimitedReader{R: src} // reused by every splice of this direction
+// copy copies src to dst until EOF without holding anything while src is idle: it waits for
+// src in the poller with no buffer and no splice pipe (io.Copy between two TCP connections
+// parks inside splice holding a pipe, two more descriptors per direction of every idle
+// connection). Small reads go through a pooled buffer; a read that fills the buffer switches
+// to splice for exactly the bytes already queued, so bulk transfers stay zero-copy.
+func (h *half) copy() error {
 	for {
 		var (
 			buf     *[]byte
 			n       int
 			readErr error
 		)
-		err := raw.Read(func(fd uintptr) bool {
+		err := h.raw.Read(func(fd uintptr) bool {
 			if buf == nil {
 				buf = buffers.Get().(*[]byte)
 			}
@@ -127,36 +148,36 @@ func copyLean(dst, src *net.TCPConn) (int64, error) {
 			if buf != nil {
 				buffers.Put(buf)
 			}
-			return total, err // n == 0: EOF
+			return err // n == 0: EOF
 		}
-		w, err := dst.Write((*buf)[:n])
-		total += int64(w)
+		w, err := h.dst.Write((*buf)[:n])
+		h.n.Add(int64(w))
 		full := n == len(*buf)
 		buffers.Put(buf)
 		if err != nil {
-			return total, err
+			return err
 		}
-		if full {
-			m, err := spliceQueued(dst, queued, raw)
-			total += m
+		if rf, ok := h.dst.(io.ReaderFrom); ok && full {
+			m, err := h.spliceQueued(rf)
+			h.n.Add(m)
 			if err != nil {
-				return total, err
+				return err
 			}
 		}
 	}
 }
 
-// spliceQueued splices to dst the bytes queued on src (the reader of lr, a *net.TCPConn), as
-// long as there are some.
-func spliceQueued(dst *net.TCPConn, lr *io.LimitedReader, raw syscall.RawConn) (int64, error) {
+// spliceQueued splices the bytes queued on src to dst (as dst's ReadFrom), as long as there are
+// some. A TCP destination splices from a TCP or a Unix source.
+func (h *half) spliceQueued(dst io.ReaderFrom) (int64, error) {
 	var total int64
 	for {
-		queued, err := queuedBytes(raw)
+		queued, err := queuedBytes(h.raw)
 		if err != nil || queued == 0 {
 			return total, err
 		}
-		lr.N = int64(queued)
-		n, err := dst.ReadFrom(lr)
+		h.queued.N = int64(queued)
+		n, err := dst.ReadFrom(&h.queued)
 		total += n
 		if err != nil || n == 0 {
 			return total, err

@@ -41,9 +41,11 @@ func startProxied(t *testing.T, handle func(*net.TCPConn)) (*net.TCPConn, <-chan
 	res := make(chan pipeResult, 1)
 	var wg sync.WaitGroup
 	p := &proxied{client: accepted, backend: back.(*net.TCPConn), wg: &wg, done: func(p *proxied) {
-		res <- pipeResult{p.up, p.down, p.err()}
+		res <- pipeResult{p.up.n.Load(), p.down.n.Load(), p.err()}
 	}}
-	p.start()
+	if err := p.start(); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		client.Close()
 		wg.Wait()

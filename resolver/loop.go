@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -16,10 +17,15 @@ type LoopGuard struct {
 	port       uint16
 	anyLocal   bool
 	listenIPs  []net.IP
+	unix       bool // the gateway listens on a Unix socket: no endpoint is a loop
 }
 
-// NewLoopGuard parses the listen address; its host must resolve now.
+// NewLoopGuard parses the listen address; its host must resolve now. A Unix socket
+// (unix://PATH) cannot be an endpoint, so its guard lets every endpoint through.
 func NewLoopGuard(ctx context.Context, listenAddr string) (*LoopGuard, error) {
+	if strings.HasPrefix(listenAddr, "unix://") {
+		return &LoopGuard{listenAddr: listenAddr, unix: true}, nil
+	}
 	host, portText, err := net.SplitHostPort(listenAddr)
 	if err != nil {
 		return nil, fmt.Errorf("--listen-addr %q is not host:port (e.g. 127.0.0.1:23790): %v", listenAddr, addrReason(err))
@@ -43,7 +49,7 @@ func NewLoopGuard(ctx context.Context, listenAddr string) (*LoopGuard, error) {
 // Check returns an error naming the fix when ep is the listen address. A name that does not
 // resolve now is not a loop: it is retried like any failed endpoint.
 func (g *LoopGuard) Check(ctx context.Context, ep Endpoint) error {
-	if ep.Port != g.port {
+	if g.unix || ep.Port != g.port {
 		return nil
 	}
 	ips, err := lookupIPs(ctx, ep.Host)

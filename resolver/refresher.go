@@ -2,10 +2,12 @@ package resolver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/thejerf/suture/v4"
@@ -42,9 +44,13 @@ type Refresher struct {
 	secureName, plain string
 	out               *Updates
 	log               *zap.Logger
+	lookups, failures atomic.Uint64
 }
 
 var _ suture.Service = (*Refresher)(nil)
+
+// Lookups returns how many SRV lookups the Refresher has done, and how many of them failed.
+func (r *Refresher) Lookups() (total, failed uint64) { return r.lookups.Load(), r.failures.Load() }
 
 // Validate checks cfg without looking anything up; every error is one line that names the fix.
 func (cfg SRVConfig) Validate() error {
@@ -119,7 +125,13 @@ type refresherRun struct {
 func (run *refresherRun) once(ctx context.Context) (time.Duration, bool) {
 	r := run.r
 	d, err := r.dns.discover(ctx, r.secureName, r.plain)
+	if ctx.Err() == nil {
+		r.lookups.Add(1)
+	}
 	if err != nil {
+		if ctx.Err() == nil {
+			r.failures.Add(1)
+		}
 		if ctx.Err() == nil && !run.failing {
 			run.failing = true
 			last, _ := r.out.Latest()
@@ -140,6 +152,21 @@ func (run *refresherRun) once(ctx context.Context) (time.Duration, bool) {
 		r.log.Info("discovered endpoint set", zap.Stringers("endpoints", set), zap.Duration("ttl", d.ttl))
 	}
 	return min(max(d.ttl, r.cfg.MinRefresh), r.cfg.MaxRefresh), true
+}
+
+// Discover looks the members up once and returns those admitted, without publishing them; the
+// check command uses it.
+func (r *Refresher) Discover(ctx context.Context) ([]Endpoint, error) {
+	d, err := r.dns.discover(ctx, r.secureName, r.plain)
+	if err != nil {
+		return nil, err
+	}
+	run := refresherRun{r: r, refused: map[Endpoint]string{}}
+	set := run.admit(ctx, d.endpoints)
+	if len(set) == 0 {
+		return nil, errors.New("every discovered member was left out (see the log)")
+	}
+	return set, nil
 }
 
 // admit drops members that are the gateway itself and, unless --insecure-discovery, TLS members

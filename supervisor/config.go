@@ -6,23 +6,31 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/listener"
 
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
 // Config is everything the gateway needs to run; cmd/etcd-gateway fills it from flags.
 type Config struct {
-	ListenAddr      string              // host:port to accept clients on
+	ListenAddr      string              // host:port to accept clients on, or unix://PATH
+	SocketMode      os.FileMode         // permissions of a unix:// listen socket
 	Endpoints       []resolver.Endpoint // the etcd members' client addresses; with Discovery, used until it first succeeds
 	Discovery       *resolver.SRVConfig // SRV discovery; nil for a static list
+	EndpointsFile   string              // with it, Endpoints are its contents at start, and it is followed
+	Reload          <-chan struct{}     // a receive reads EndpointsFile again (SIGHUP)
 	RetryDelay      time.Duration       // how long a failed endpoint waits before it is probed again
 	DialTimeout     time.Duration       // bound of every dial to a member and of every probe
 	ShutdownTimeout time.Duration       // how long live connections may finish after a stop signal
 	KeepAlive       time.Duration       // TCP keep-alive period on both legs; 0 means Go's 15s
+	MetricsAddr     string              // host:port of /metrics, /healthz, /readyz and /status; empty for none
 	Health          HealthConfig
 }
 
@@ -83,6 +91,9 @@ func (cfg Config) probeConfig() (health.ProbeConfig, error) {
 // Validate checks cfg before anything is bound: the listen address, the durations, and that no
 // endpoint is the gateway itself. Every error is one line that names the fix.
 func (cfg Config) Validate(ctx context.Context) error {
+	if path, ok := strings.CutPrefix(cfg.ListenAddr, listener.UnixScheme); ok && !filepath.IsAbs(path) {
+		return fmt.Errorf("--listen-addr=%s: a Unix socket needs an absolute path, such as unix:///run/etcd-gateway/etcd.sock", cfg.ListenAddr)
+	}
 	guard, err := resolver.NewLoopGuard(ctx, cfg.ListenAddr)
 	if err != nil {
 		return err
@@ -114,6 +125,14 @@ func (cfg Config) Validate(ctx context.Context) error {
 	}
 	if _, err := cfg.probeConfig(); err != nil {
 		return err
+	}
+	if cfg.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(cfg.MetricsAddr); err != nil || port == "" {
+			return fmt.Errorf("--metrics-addr=%q is not host:port; give one such as 127.0.0.1:23791, or leave it empty to turn metrics off", cfg.MetricsAddr)
+		}
+		if cfg.MetricsAddr == cfg.ListenAddr {
+			return fmt.Errorf("--metrics-addr=%s is also --listen-addr; give the metrics another port, such as 127.0.0.1:23791", cfg.MetricsAddr)
+		}
 	}
 	if cfg.DialTimeout == 0 {
 		return errors.New("--dial-timeout=0 would let a dead member hold clients forever; give a positive duration such as 1s")

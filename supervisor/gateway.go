@@ -14,6 +14,7 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/listener"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
+	"github.com/etcd-gateway/etcd-gateway/status"
 )
 
 // reportBuffer is room for failed-dial reports while the health manager is busy.
@@ -31,16 +32,17 @@ func (e *BindError) Unwrap() error { return e.Err }
 
 // Gateway is a bound gateway, ready to Serve.
 type Gateway struct {
-	cfg  Config
-	log  *zap.Logger
-	ln   *net.TCPListener
-	fwd  *listener.Forwarder
-	tree *suture.Supervisor
+	cfg      Config
+	log      *zap.Logger
+	ln       listener.Acceptor
+	statusLn *net.TCPListener // nil without --metrics-addr
+	fwd      *listener.Forwarder
+	tree     *suture.Supervisor
 }
 
 // New binds the listen address and builds the supervisor tree; nothing runs until Serve.
 func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
-	ln, err := listener.Listen(ctx, cfg.ListenAddr, cfg.KeepAlive)
+	ln, err := listener.Listen(ctx, cfg.ListenAddr, cfg.KeepAlive, cfg.SocketMode)
 	if err != nil {
 		return nil, &BindError{Addr: cfg.ListenAddr, Err: err}
 	}
@@ -54,6 +56,38 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 	reprobe := health.NewReprobe()
 	updates := resolver.NewUpdates()
 	dial := dialer.New(table, reports, reprobe, cfg.DialTimeout, cfg.KeepAlive)
+	var source suture.Service = resolver.NewStatic(cfg.Endpoints, updates)
+	staticSource := "endpoints"
+	if cfg.EndpointsFile != "" {
+		guard, err := resolver.NewLoopGuard(ctx, cfg.ListenAddr)
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		// Publish what was read at start at once: clients are served before the watcher runs.
+		updates.Publish(resolver.Normalize(cfg.Endpoints))
+		source = resolver.NewFile(cfg.EndpointsFile, updates, cfg.Reload, guard, log)
+		staticSource = "endpoints-file"
+	}
+	if cfg.Discovery != nil {
+		srv := *cfg.Discovery
+		srv.Fallback = cfg.Endpoints
+		if srv.Guard, err = resolver.NewLoopGuard(ctx, cfg.ListenAddr); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		if source, err = resolver.NewRefresher(srv, updates, log); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+	var statusLn *net.TCPListener
+	if cfg.MetricsAddr != "" {
+		if statusLn, err = status.Listen(ctx, cfg.MetricsAddr); err != nil {
+			ln.Close()
+			return nil, &BindError{Addr: cfg.MetricsAddr, Err: err}
+		}
+	}
 	fwd := listener.NewForwarder(dial.Dial, log)
 
 	hook := EventHook(log)
@@ -66,21 +100,16 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 		listenSup.Add(listener.NewEvictor(table, fwd, log))
 	}
 	tree.Add(listenSup)
-	if cfg.Discovery == nil {
-		tree.Add(resolver.NewStatic(cfg.Endpoints, updates))
-	} else {
-		srv := *cfg.Discovery
-		srv.Fallback = cfg.Endpoints
-		if srv.Guard, err = resolver.NewLoopGuard(ctx, cfg.ListenAddr); err != nil {
-			ln.Close()
-			return nil, err
+	tree.Add(source)
+	tree.Add(&notifier{table: table, log: log.Named("supervisor")})
+	if statusLn != nil {
+		src := status.Sources{Table: table, Forwarder: fwd, StaticSource: staticSource}
+		if r, ok := source.(*resolver.Refresher); ok {
+			src.Discovery = r
 		}
-		refresher, err := resolver.NewRefresher(srv, updates, log)
-		if err != nil {
-			ln.Close()
-			return nil, err
-		}
-		tree.Add(refresher)
+		srv := status.New(statusLn, src, log)
+		dial.Observe(srv.DialObserver())
+		tree.Add(srv)
 	}
 	healthSup := suture.New("health", suture.Spec{EventHook: hook})
 	healthSup.Add(health.NewManager(health.ManagerConfig{
@@ -93,7 +122,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 		Log:        log,
 	}))
 	tree.Add(healthSup)
-	return &Gateway{cfg: cfg, log: log, ln: ln, fwd: fwd, tree: tree}, nil
+	return &Gateway{cfg: cfg, log: log, ln: ln, statusLn: statusLn, fwd: fwd, tree: tree}, nil
 }
 
 // Addr is the bound listen address.
@@ -120,12 +149,16 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	defer stopAccepting()
 	err := g.tree.Serve(ctx)
 	g.ln.Close()
+	notifyStopping(g.log)
 	active := g.fwd.Active()
 	if active > 0 {
 		g.log.Info("draining connections", zap.Int("active_connections", active),
 			zap.Duration("shutdown_timeout", g.cfg.ShutdownTimeout))
 	}
 	closed := g.fwd.Shutdown(g.cfg.ShutdownTimeout)
+	if g.statusLn != nil {
+		g.statusLn.Close()
+	}
 	g.log.Info("gateway stopped", zap.Int("connections_closed", closed))
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return nil

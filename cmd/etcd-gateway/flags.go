@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,6 +59,25 @@ func (f durationFlag) Set(s string) error {
 		return fmt.Errorf("%q is negative; give a duration of 0 or more, such as 1s", s)
 	}
 	*f.d = d
+	return nil
+}
+
+// modeFlag is a flag.Value for octal file permissions, such as 0660.
+type modeFlag struct{ m *os.FileMode }
+
+func (f modeFlag) String() string {
+	if f.m == nil {
+		return ""
+	}
+	return fmt.Sprintf("%04o", uint32(*f.m))
+}
+
+func (f modeFlag) Set(s string) error {
+	n, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || n > 0o777 {
+		return fmt.Errorf("%q is not file permissions; write them in octal, such as 0660", s)
+	}
+	*f.m = os.FileMode(n)
 	return nil
 }
 
@@ -115,28 +135,32 @@ func (f formatFlag) Set(s string) error {
 	return nil
 }
 
-// parseStart parses the arguments of `etcd-gateway start`. Flags left unset on the command line
-// are read from ETCD_GATEWAY_<FLAG> through getenv; the command line wins. stderrIsTerminal
-// picks the default log format. Usage goes to out when --help is given.
-func parseStart(args []string, getenv func(string) (string, bool), stderrIsTerminal bool, out io.Writer) (options, error) {
+// parseCommand parses the flags of command, "start" or "check", which share them. Flags left
+// unset on the command line are read from ETCD_GATEWAY_<FLAG> through getenv; the command line
+// wins. stderrIsTerminal picks the default log format. Usage goes to out when --help is given.
+func parseCommand(command string, args []string, getenv func(string) (string, bool), stderrIsTerminal bool, out io.Writer) (options, error) {
 	opts := options{
 		cfg: supervisor.Config{
 			RetryDelay:      time.Minute,
 			DialTimeout:     time.Second,
 			ShutdownTimeout: 10 * time.Second,
+			SocketMode:      0o666,
 			Health:          supervisor.DefaultHealth(),
 		},
 		logLevel:  zapcore.InfoLevel,
 		logFormat: "auto",
 	}
 	var endpoints string
-	fs := flag.NewFlagSet("etcd-gateway start", flag.ContinueOnError)
+	fs := flag.NewFlagSet("etcd-gateway "+command, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&endpoints, "endpoints", "127.0.0.1:2379", "comma-separated etcd client addresses (host:port) to forward to")
-	fs.StringVar(&opts.cfg.ListenAddr, "listen-addr", "127.0.0.1:23790", "address to accept clients on")
+	fs.StringVar(&opts.cfg.EndpointsFile, "endpoints-file", "", "file listing the etcd client addresses, one host:port per line ('#' starts a comment); read again on SIGHUP and when it changes; instead of --endpoints")
+	fs.StringVar(&opts.cfg.ListenAddr, "listen-addr", "127.0.0.1:23790", "address to accept clients on: host:port, or unix:///PATH for a Unix socket")
+	fs.Var(modeFlag{&opts.cfg.SocketMode}, "listen-socket-mode", "permissions of the Unix socket of --listen-addr=unix:///PATH, in octal")
 	fs.Var(durationFlag{&opts.cfg.RetryDelay}, "retry-delay", "how long a failed endpoint waits before it is tried again (0 means 5m, as etcd's gateway)")
 	fs.Var(durationFlag{&opts.cfg.DialTimeout}, "dial-timeout", "bound of each connection attempt to a member; a client is moved to the next member after it")
 	fs.Var(durationFlag{&opts.cfg.ShutdownTimeout}, "shutdown-timeout", "on SIGINT or SIGTERM, how long live connections may finish before they are closed")
+	fs.StringVar(&opts.cfg.MetricsAddr, "metrics-addr", "", "address (host:port) of /metrics (Prometheus), /healthz, /readyz and /status; off when empty")
 	fs.Var(levelFlag{&opts.logLevel}, "log-level", "debug, info, warn or error")
 	fs.Var(formatFlag{&opts.logFormat}, "log-format", "json, console, or auto: console when stderr is a terminal, json otherwise")
 	h := &opts.cfg.Health
@@ -157,17 +181,17 @@ func parseStart(args []string, getenv func(string) (string, bool), stderrIsTermi
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			writeStartUsage(out, fs)
+			writeUsage(out, command, fs)
 			return options{}, errHelp
 		}
-		return options{}, usagef("%s; run 'etcd-gateway start --help' for the flags", flagError(err))
+		return options{}, usagef("%s; run 'etcd-gateway %s --help' for the flags", flagError(err), command)
 	}
 	if *help {
-		writeStartUsage(out, fs)
+		writeUsage(out, command, fs)
 		return options{}, errHelp
 	}
 	if fs.NArg() > 0 {
-		return options{}, usagef("unexpected argument %q; flags are written --name=value, see 'etcd-gateway start --help'", fs.Arg(0))
+		return options{}, usagef("unexpected argument %q; flags are written --name=value, see 'etcd-gateway %s --help'", fs.Arg(0), command)
 	}
 	if err := applyEnv(fs, getenv); err != nil {
 		return options{}, err
@@ -177,8 +201,17 @@ func parseStart(args []string, getenv func(string) (string, bool), stderrIsTermi
 		return options{}, err
 	}
 	opts.cfg.Discovery = srv
-	// With discovery, --endpoints is a fallback only when the user gave it: never the default.
-	if srv == nil || explicit(fs, "endpoints") {
+	if path := opts.cfg.EndpointsFile; path != "" {
+		if explicit(fs, "endpoints") || srv != nil {
+			return options{}, usagef("--endpoints-file replaces --endpoints and --discovery-srv; give only one of them")
+		}
+		eps, err := resolver.ReadEndpointsFile(path)
+		if err != nil {
+			return options{}, usagef("--endpoints-file: %v", err)
+		}
+		opts.cfg.Endpoints = eps
+	} else if srv == nil || explicit(fs, "endpoints") {
+		// With discovery, --endpoints is a fallback only when the user gave it: never the default.
 		eps, err := resolver.ParseEndpoints(endpoints)
 		if err != nil {
 			return options{}, usagef("--endpoints: %v", err)
@@ -238,9 +271,13 @@ func flagError(err error) string {
 	return msg
 }
 
-func writeStartUsage(out io.Writer, fs *flag.FlagSet) {
-	fmt.Fprintf(out, "Usage: etcd-gateway start [flags]\n\n")
-	fmt.Fprintf(out, "Forwards every TCP connection made to --listen-addr to an available etcd member.\n")
+func writeUsage(out io.Writer, command string, fs *flag.FlagSet) {
+	fmt.Fprintf(out, "Usage: etcd-gateway %s [flags]\n\n", command)
+	if command == "check" {
+		fmt.Fprintf(out, "Resolves the endpoints as start would, probes each once, prints a table and exits 0\nwhen at least one is healthy, 1 when none is, 2 on bad input. It takes the flags of start.\n")
+	} else {
+		fmt.Fprintf(out, "Forwards every TCP connection made to --listen-addr to an available etcd member.\n")
+	}
 	fmt.Fprintf(out, "Every flag can also be set as %s<FLAG>, e.g. %s; the command line wins.\n\nFlags:\n",
 		envPrefix, envName("retry-delay"))
 	fs.VisitAll(func(f *flag.Flag) {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +25,7 @@ func envOf(m map[string]string) func(string) (string, bool) {
 }
 
 func TestParseStartDefaultsMatchEtcdGateway(t *testing.T) {
-	opts, err := parseStart(nil, noEnv, false, &bytes.Buffer{})
+	opts, err := parseCommand("start", nil, noEnv, false, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,14 +45,14 @@ func TestParseStartDefaultsMatchEtcdGateway(t *testing.T) {
 	if opts.logFormat != "json" || opts.logLevel != zapcore.InfoLevel {
 		t.Errorf("log %s %s, want json info off a terminal", opts.logFormat, opts.logLevel)
 	}
-	onTerminal, _ := parseStart(nil, noEnv, true, &bytes.Buffer{})
+	onTerminal, _ := parseCommand("start", nil, noEnv, true, &bytes.Buffer{})
 	if onTerminal.logFormat != "console" {
 		t.Errorf("log format on a terminal = %s, want console", onTerminal.logFormat)
 	}
 }
 
 func TestParseStartFlagsAndEnvironment(t *testing.T) {
-	opts, err := parseStart(
+	opts, err := parseCommand("start",
 		[]string{"--endpoints=http://[::1]:2379,10.0.1.11:2379", "--retry-delay", "0", "--log-level=debug"},
 		envOf(map[string]string{
 			"ETCD_GATEWAY_RETRY_DELAY":  "7s", // the flag wins
@@ -76,6 +78,10 @@ func TestParseStartFlagsAndEnvironment(t *testing.T) {
 }
 
 func TestParseStartRefusesBadInput(t *testing.T) {
+	badFile := filepath.Join(t.TempDir(), "endpoints")
+	if err := os.WriteFile(badFile, []byte("# a member without its port\n10.0.1.10\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		args    []string
@@ -95,13 +101,18 @@ func TestParseStartRefusesBadInput(t *testing.T) {
 		{"bad health check", []string{"--health-check=options"}, nil, "not a health check"},
 		{"health interval without unit", []string{"--health-interval=5"}, nil, "with a unit"},
 		{"bad refresh bound", []string{"--discovery-srv=example.com", "--discovery-srv-min-refresh=1"}, nil, "with a unit"},
+		{"endpoints file and endpoints", []string{"--endpoints-file=" + badFile, "--endpoints=10.0.1.10:2379"}, nil, "give only one"},
+		{"endpoints file and discovery", []string{"--endpoints-file=" + badFile, "--discovery-srv=example.com"}, nil, "give only one"},
+		{"missing endpoints file", []string{"--endpoints-file=/nonexistent/endpoints"}, nil, "no such file"},
+		{"endpoints file that does not parse", []string{"--endpoints-file=" + badFile}, nil, "line 2"},
+		{"bad socket mode", []string{"--listen-socket-mode=rw-rw----"}, nil, "in octal"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := parseStart(tt.args, envOf(tt.env), false, &bytes.Buffer{})
+			_, err := parseCommand("start", tt.args, envOf(tt.env), false, &bytes.Buffer{})
 			var ue *usageError
 			if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("parseStart(%q) = %v, want a usage error about %q", tt.args, err, tt.wantErr)
+				t.Fatalf("parse start %q = %v, want a usage error about %q", tt.args, err, tt.wantErr)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("error spans lines: %q", err)
@@ -112,8 +123,8 @@ func TestParseStartRefusesBadInput(t *testing.T) {
 
 func TestHelpListsEveryFlag(t *testing.T) {
 	var out bytes.Buffer
-	if _, err := parseStart([]string{"--help"}, noEnv, false, &out); !errors.Is(err, errHelp) {
-		t.Fatalf("parseStart(--help) = %v", err)
+	if _, err := parseCommand("start", []string{"--help"}, noEnv, false, &out); !errors.Is(err, errHelp) {
+		t.Fatalf("parse start --help = %v", err)
 	}
 	for _, flag := range []string{"--endpoints", "--listen-addr", "--retry-delay", "--dial-timeout", "--shutdown-timeout",
 		"--log-level", "--log-format", "--discovery-srv", "--discovery-srv-name", "--insecure-discovery", "--trusted-ca-file",
@@ -129,7 +140,7 @@ func TestHelpListsEveryFlag(t *testing.T) {
 
 // With discovery, --endpoints is a fallback only when the user gave it, never the default.
 func TestParseStartDiscoveryFallback(t *testing.T) {
-	opts, err := parseStart([]string{"--discovery-srv=example.com", "--dns-server=127.0.0.1:5353"}, noEnv, false, &bytes.Buffer{})
+	opts, err := parseCommand("start", []string{"--discovery-srv=example.com", "--dns-server=127.0.0.1:5353"}, noEnv, false, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +158,7 @@ func TestParseStartDiscoveryFallback(t *testing.T) {
 		{[]string{"--discovery-srv=example.com", "--endpoints=10.0.1.10:2379"}, nil},
 		{[]string{"--discovery-srv=example.com"}, map[string]string{"ETCD_GATEWAY_ENDPOINTS": "10.0.1.10:2379"}},
 	} {
-		opts, err := parseStart(tt.args, envOf(tt.env), false, &bytes.Buffer{})
+		opts, err := parseCommand("start", tt.args, envOf(tt.env), false, &bytes.Buffer{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -158,7 +169,7 @@ func TestParseStartDiscoveryFallback(t *testing.T) {
 }
 
 func TestParseStartHealthFlags(t *testing.T) {
-	opts, err := parseStart([]string{"--health-check=tcp", "--health-interval=250ms", "--evict-unhealthy=false", "--health-fall=3"},
+	opts, err := parseCommand("start", []string{"--health-check=tcp", "--health-interval=250ms", "--evict-unhealthy=false", "--health-fall=3"},
 		envOf(map[string]string{"ETCD_GATEWAY_HEALTH_TIMEOUT": "400ms"}), false, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)

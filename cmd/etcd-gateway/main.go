@@ -10,10 +10,14 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"text/tabwriter"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/internal/version"
 	"github.com/etcd-gateway/etcd-gateway/supervisor"
 )
 
@@ -23,6 +27,15 @@ const (
 	exitFailure = 1 // could not bind, or failed while running
 	exitUsage   = 2 // bad input
 )
+
+const usage = `Usage: etcd-gateway <command> [flags]
+
+Commands:
+  start     run the gateway
+  check     probe every endpoint once, print a table; exit 0 when one is healthy
+  version   print the version, commit and Go version
+
+Run 'etcd-gateway start --help' for the flags; check takes the same.`
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -35,40 +48,48 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "start":
+	case "check":
+		return check(args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "etcd-gateway %s\ncommit: %s\ngo: %s\n", version.Version(), version.Commit(), version.GoVersion())
+		return exitOK
 	case "help", "-h", "-help", "--help":
-		fmt.Fprintln(stdout, "Usage: etcd-gateway start [flags]\n\nRun 'etcd-gateway start --help' for the flags.")
+		fmt.Fprintln(stdout, usage)
 		return exitOK
 	default:
 		fmt.Fprintf(stderr, "etcd-gateway: unknown command %q; run 'etcd-gateway start --help'\n", args[0])
 		return exitUsage
 	}
-	opts, err := parseStart(args[1:], os.LookupEnv, stderrIsTerminal(), stdout)
-	if errors.Is(err, errHelp) {
-		return exitOK
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "etcd-gateway: %v\n", err)
-		return exitUsage
-	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := opts.cfg.Validate(ctx); err != nil {
-		fmt.Fprintf(stderr, "etcd-gateway: %v\n", err)
-		return exitUsage
-	}
-	log, err := newLogger(opts.logLevel, opts.logFormat)
-	if err != nil {
-		fmt.Fprintf(stderr, "etcd-gateway: build logger: %v\n", err)
-		return exitFailure
+	// SIGHUP reads --endpoints-file again; without one it does nothing, and never ends the
+	// gateway (its default action), which would drop every connection on a reload.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	opts, log, code := setUp(ctx, "start", args[1:], stdout, stderr)
+	if log == nil {
+		return code
 	}
 	defer log.Sync()
+	reload := make(chan struct{}, 1)
+	opts.cfg.Reload = reload
 
 	gw, err := supervisor.New(ctx, opts.cfg, log)
 	if err != nil {
 		log.Error("cannot start", zap.Error(err))
 		return exitFailure
 	}
+	hupCtx, stopHUP := context.WithCancel(ctx)
+	hupDone := make(chan struct{})
+	go func() {
+		defer close(hupDone)
+		forwardHUP(hupCtx, hup, reload, opts.cfg.EndpointsFile != "", log)
+	}()
+	defer func() {
+		stopHUP()
+		<-hupDone
+	}()
 	if err := gw.Serve(ctx); err != nil {
 		log.Error("gateway failed", zap.Error(err))
 		return exitFailure
@@ -88,4 +109,77 @@ func newLogger(level zapcore.Level, format string) (*zap.Logger, error) {
 		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
 	}
 	return cfg.Build()
+}
+
+// forwardHUP turns SIGHUP into a reload of the endpoints file until ctx ends.
+func forwardHUP(ctx context.Context, hup <-chan os.Signal, reload chan<- struct{}, haveFile bool, log *zap.Logger) {
+	for {
+		select {
+		case <-hup:
+			if !haveFile {
+				log.Info("SIGHUP: nothing to reload without --endpoints-file")
+				continue
+			}
+			select {
+			case reload <- struct{}{}:
+			default: // a reload is pending already
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// setUp parses and validates the flags of command and builds the logger. When it returns no
+// logger, the command ends with the exit status it returns: 0 after --help, 2 for bad input, 1
+// when the logger cannot be built.
+func setUp(ctx context.Context, command string, args []string, stdout, stderr io.Writer) (options, *zap.Logger, int) {
+	opts, err := parseCommand(command, args, os.LookupEnv, stderrIsTerminal(), stdout)
+	if errors.Is(err, errHelp) {
+		return opts, nil, exitOK
+	}
+	if err == nil {
+		err = opts.cfg.Validate(ctx)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "etcd-gateway: %v\n", err)
+		return opts, nil, exitUsage
+	}
+	log, err := newLogger(opts.logLevel, opts.logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "etcd-gateway: build logger: %v\n", err)
+		return opts, nil, exitFailure
+	}
+	return opts, log, exitOK
+}
+
+// check is the check command: exit 0 when at least one endpoint is healthy, 1 when none is.
+func check(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	opts, log, code := setUp(ctx, "check", args, stdout, stderr)
+	if log == nil {
+		return code
+	}
+	defer log.Sync()
+	results, err := supervisor.Check(ctx, opts.cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "etcd-gateway: %v\n", err)
+		return exitFailure
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ENDPOINT\tSOURCE\tSTATE\tTOOK\tREASON")
+	healthy := 0
+	for _, r := range results {
+		if r.State == health.Healthy {
+			healthy++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Endpoint, r.Source, r.State, r.Took.Round(time.Millisecond), r.Reason)
+	}
+	tw.Flush()
+	fmt.Fprintf(stdout, "%d of %d endpoints healthy\n", healthy, len(results))
+	if healthy == 0 {
+		return exitFailure
+	}
+	return exitOK
 }

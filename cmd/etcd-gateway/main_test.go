@@ -61,11 +61,18 @@ type process struct {
 // and waits until it accepts on listen.
 func startProcess(t *testing.T, ulimit int, listen string, args ...string) *process {
 	t.Helper()
+	return startProcessEnv(t, ulimit, nil, listen, args...)
+}
+
+// startProcessEnv is startProcess with env added to the gateway's environment.
+func startProcessEnv(t *testing.T, ulimit int, env []string, listen string, args ...string) *process {
+	t.Helper()
 	script := `exec "$0" "$@"`
 	if ulimit > 0 {
 		script = fmt.Sprintf("ulimit -n %d && %s", ulimit, script)
 	}
 	cmd := exec.Command("sh", append([]string{"-c", script, gatewayBin, "start", "--listen-addr=" + listen}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	p := &process{cmd: cmd, stderr: &testnet.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
@@ -141,6 +148,10 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		{"loop to itself", []string{"start", "--listen-addr=" + listen, "--endpoints=127.0.0.1:" + port}},
 		{"loop through 0.0.0.0", []string{"start", "--listen-addr=0.0.0.0:" + port, "--endpoints=localhost:" + port}},
 		{"loop through [::]", []string{"start", "--listen-addr=[::]:" + port, "--endpoints=[::1]:" + port}},
+		{"metrics address without port", []string{"start", "--metrics-addr=127.0.0.1"}},
+		{"metrics address is the listen address", []string{"start", "--listen-addr=" + listen, "--metrics-addr=" + listen}},
+		{"relative unix socket", []string{"start", "--listen-addr=unix://gw.sock"}},
+		{"check with bad input", []string{"check", "--endpoints=https://127.0.0.1:2379"}},
 		{"unknown flag", []string{"start", "--no-such-flag"}},
 		{"unknown command", []string{"serve"}},
 		{"no command", nil},
@@ -264,4 +275,63 @@ func TestLowFileLimitKeepsServing(t *testing.T) {
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit status %d, want 0", code)
 	}
+}
+
+// Under systemd (Type=notify) the gateway sends READY=1 once it serves, WATCHDOG=1 at half of
+// WATCHDOG_USEC, and STOPPING=1 on SIGTERM.
+func TestSystemdNotifications(t *testing.T) {
+	backend := testnet.Echo(t)
+	socket := filepath.Join(t.TempDir(), "notify.sock")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: socket, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	got := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, err := notify.Read(buf)
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- string(buf[:n])
+		}
+	}()
+	expect := func(want string) time.Time {
+		t.Helper()
+		timeout := time.After(defaultTestTimeout)
+		for {
+			select {
+			case msg := <-got:
+				if msg == want {
+					return time.Now()
+				}
+			case <-timeout:
+				t.Fatalf("no %s on NOTIFY_SOCKET", want)
+			}
+		}
+	}
+	listen := freeAddr(t)
+	began := time.Now()
+	p := startProcessEnv(t, 0, []string{"NOTIFY_SOCKET=" + socket, "WATCHDOG_USEC=200000"}, listen, "--endpoints="+backend.Addr())
+	ready := expect("READY=1")
+	t.Logf("READY=1 %s after start", ready.Sub(began))
+	first := expect("WATCHDOG=1")
+	expect("WATCHDOG=1")
+	third := expect("WATCHDOG=1")
+	if every := third.Sub(first) / 2; every > 150*time.Millisecond {
+		t.Errorf("WATCHDOG=1 every %s, want about 100ms (half of WATCHDOG_USEC=200000)", every)
+	}
+	c, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, c, "served when ready")
+	c.Close()
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d after SIGTERM: %s", code, p.stderr)
+	}
+	expect("STOPPING=1")
 }

@@ -1,0 +1,213 @@
+// Package status serves the operator's view of a running gateway on --metrics-addr: Prometheus
+// metrics on /metrics, /healthz (the process is alive), /readyz (at least one endpoint is
+// healthy) and /status (every endpoint, as JSON). It reads the gateway's state when asked and
+// keeps none of its own apart from the dial metrics the dialer reports to it.
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/thejerf/suture/v4"
+	"go.uber.org/zap"
+
+	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/internal/version"
+	"github.com/etcd-gateway/etcd-gateway/listener"
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+// Sources is the gateway state the status server reads.
+type Sources struct {
+	Table     *health.Table
+	Forwarder *listener.Forwarder
+	// Discovery counts SRV lookups; nil without --discovery-srv.
+	Discovery interface{ Lookups() (total, failed uint64) }
+	// StaticSource names where endpoints not found through SRV come from: "endpoints" or
+	// "endpoints-file".
+	StaticSource string
+}
+
+// Server is the status HTTP server, a suture service. Its socket is bound by Listen before the
+// tree starts, so a restart keeps the port.
+type Server struct {
+	ln    *net.TCPListener
+	src   Sources
+	reg   *prometheus.Registry
+	dials *dialMetrics
+	log   *zap.Logger
+}
+
+var _ suture.Service = (*Server)(nil)
+
+// Listen binds addr for the status server.
+func Listen(ctx context.Context, addr string) (*net.TCPListener, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// New returns the status server of src on ln. It never closes ln; whoever bound it does.
+func New(ln *net.TCPListener, src Sources, log *zap.Logger) *Server {
+	s := &Server{ln: ln, src: src, reg: prometheus.NewRegistry(), dials: newDialMetrics(), log: log.Named("status")}
+	s.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		s.dials.latency, s.dials.failures,
+		&gatewayCollector{src: src},
+	)
+	return s
+}
+
+// DialObserver is what the dialer reports every dial to.
+func (s *Server) DialObserver() interface {
+	Dialed(ep resolver.Endpoint, took time.Duration, err error)
+} {
+	return s.dials
+}
+
+// String names the service in supervisor events.
+func (s *Server) String() string { return "status/" + s.ln.Addr().String() }
+
+// Handler returns the server's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(s.log)}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /status", s.status)
+	return mux
+}
+
+// Serve answers until ctx ends.
+func (s *Server) Serve(ctx context.Context) error {
+	if err := s.ln.SetDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("reset accept deadline: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          zap.NewStdLog(s.log),
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(keepOpen{s.ln}) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("status server on %s: %w", s.ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		srv.Close()
+	}
+	if err := <-done; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return ctx.Err()
+}
+
+// keepOpen stops the HTTP server's accept loop on Close without closing the socket, so that a
+// restarted Server serves on the same port.
+type keepOpen struct{ *net.TCPListener }
+
+func (k keepOpen) Close() error { return k.SetDeadline(time.Unix(1, 0)) }
+
+// readyz answers 200 when at least one endpoint is healthy, 503 with the reason otherwise.
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	snap := s.src.Table.Load()
+	if snap.HealthyCount() > 0 {
+		fmt.Fprintf(w, "ok: %d of %d endpoints healthy\n", snap.HealthyCount(), len(snap.Known()))
+		return
+	}
+	w.WriteHeader(http.StatusServiceUnavailable)
+	if len(snap.Known()) == 0 {
+		fmt.Fprintln(w, "not ready: no endpoint known yet")
+		return
+	}
+	var parts []string
+	for _, ep := range snap.Known() {
+		state, _ := snap.State(ep)
+		part := ep.String() + " " + state.String()
+		if r := snap.Reason(ep); r != "" {
+			part += " (" + r + ")"
+		}
+		parts = append(parts, part)
+	}
+	fmt.Fprintf(w, "not ready: no endpoint healthy: %s\n", strings.Join(parts, "; "))
+}
+
+// Report is the /status document.
+type Report struct {
+	Version   string           `json:"version"`
+	Ready     bool             `json:"ready"`
+	Endpoints []EndpointReport `json:"endpoints"`
+}
+
+// EndpointReport is one endpoint in the /status document.
+type EndpointReport struct {
+	Endpoint          string     `json:"endpoint"`
+	Source            string     `json:"source"` // "srv", "endpoints" or "endpoints-file"
+	Target            string     `json:"srv_target,omitempty"`
+	Priority          *uint16    `json:"srv_priority,omitempty"` // only for SRV members
+	Weight            *uint16    `json:"srv_weight,omitempty"`
+	State             string     `json:"state"`
+	Reason            string     `json:"reason,omitempty"`
+	InRotation        bool       `json:"in_rotation"`
+	LastProbe         *ProbeJSON `json:"last_probe,omitempty"`
+	ActiveConnections int        `json:"active_connections"`
+}
+
+// ProbeJSON is the last probe of an endpoint.
+type ProbeJSON struct {
+	At     time.Time `json:"at"`
+	Result string    `json:"result"`
+	Reason string    `json:"reason,omitempty"`
+}
+
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	snap := s.src.Table.Load()
+	counters := s.src.Forwarder.Counters()
+	rep := Report{Version: version.Version(), Ready: snap.HealthyCount() > 0, Endpoints: []EndpointReport{}}
+	for _, ep := range snap.Known() {
+		state, _ := snap.State(ep)
+		er := EndpointReport{
+			Endpoint:          ep.String(),
+			Source:            s.src.StaticSource,
+			Target:            ep.Target,
+			State:             state.String(),
+			Reason:            snap.Reason(ep),
+			InRotation:        slices.Contains(snap.Available(), ep),
+			ActiveConnections: counters[ep].Active,
+		}
+		if ep.Target != "" {
+			er.Source = "srv"
+			er.Priority, er.Weight = &ep.Priority, &ep.Weight
+		}
+		if p, ok := s.src.Table.LastProbe(ep); ok {
+			er.LastProbe = &ProbeJSON{At: p.At.UTC(), Result: p.Result.String(), Reason: p.Reason}
+		}
+		rep.Endpoints = append(rep.Endpoints, er)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(rep); err != nil {
+		s.log.Debug("writing /status failed", zap.Error(err))
+	}
+}

@@ -1,0 +1,67 @@
+package supervisor
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+// CheckResult is one endpoint's verdict from Check.
+type CheckResult struct {
+	Endpoint resolver.Endpoint
+	Source   string // "endpoints", "endpoints-file" or "srv"
+	State    health.State
+	Reason   string // why it is not healthy
+	Took     time.Duration
+}
+
+// Check resolves the endpoints as the gateway would at start (the list, the endpoints file as
+// read, or one SRV lookup, falling back to an explicit --endpoints when it fails) and probes
+// each once, in parallel, as the health probers do.
+func Check(ctx context.Context, cfg Config, log *zap.Logger) ([]CheckResult, error) {
+	probe, err := cfg.probeConfig()
+	if err != nil {
+		return nil, err
+	}
+	eps, source := resolver.Normalize(cfg.Endpoints), "endpoints"
+	if cfg.EndpointsFile != "" {
+		source = "endpoints-file"
+	}
+	if cfg.Discovery != nil {
+		srv := *cfg.Discovery
+		if srv.Guard, err = resolver.NewLoopGuard(ctx, cfg.ListenAddr); err != nil {
+			return nil, err
+		}
+		refresher, err := resolver.NewRefresher(srv, resolver.NewUpdates(), log)
+		if err != nil {
+			return nil, err
+		}
+		found, err := refresher.Discover(ctx)
+		switch {
+		case err == nil:
+			eps, source = found, "srv"
+		case len(eps) == 0:
+			return nil, err
+		default:
+			log.Warn("SRV discovery failed; checking --endpoints instead", zap.Error(err))
+		}
+	}
+	results := make([]CheckResult, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			began := time.Now()
+			state, reason := health.ProbeOnce(ctx, ep, probe)
+			results[i] = CheckResult{Endpoint: ep, Source: source, State: state, Reason: reason, Took: time.Since(began)}
+		}()
+	}
+	wg.Wait()
+	return results, nil
+}
