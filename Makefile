@@ -4,12 +4,16 @@ export CGO_ENABLED ?= 0
 
 .PHONY: build test unit e2e demo etcd lint clean haproxy bench bench-faults
 
-# The version `etcd-gateway version` prints: the nearest tag, else the commit.
+# What `etcd-gateway version` prints: the nearest tag (else the commit), and the commit.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+VERSION_PKG := github.com/etcd-gateway/etcd-gateway/internal/version
 
-## build: the static etcd-gateway binary in bin/
+## build: the static etcd-gateway binary in bin/ (without the symbol table and DWARF: panics
+## still print full stack traces)
 build:
-	$(GO) build -trimpath -ldflags "-X github.com/etcd-gateway/etcd-gateway/internal/version.version=$(VERSION)" -o bin/etcd-gateway ./cmd/etcd-gateway
+	$(GO) build -trimpath -ldflags "-s -w -X $(VERSION_PKG).version=$(VERSION) -X $(VERSION_PKG).commit=$(COMMIT)" \
+		-o bin/etcd-gateway ./cmd/etcd-gateway
 
 ## etcd: etcd v3.6 and etcdctl, built from the published modules into e2e/bin/
 etcd:

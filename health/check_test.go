@@ -240,6 +240,7 @@ func TestHeartbeatsFindAFrozenMember(t *testing.T) {
 	out := NewReports(4)
 	table := NewTable()
 	table.store(NewSnapshot([]resolver.Endpoint{ep}, []State{Healthy}))
+	table.AddClients(1) // heartbeats protect connected clients
 	p := &Prober{
 		ep: ep, state: Healthy, table: table, out: out, log: zap.NewNop(),
 		cfg: ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour, Rise: 1, Fall: 1,
@@ -280,4 +281,45 @@ func runProber(t *testing.T, p *Prober) {
 		cancel()
 		<-done
 	})
+}
+
+// With no connection forwarded there is no client to protect: probes go on, heartbeats pause,
+// and they resume within a probe interval of the first connection.
+func TestHeartbeatsOnlyWhileClientsAreConnected(t *testing.T) {
+	var probes, beats atomic.Int64
+	count := func(n *atomic.Int64) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			n.Add(1)
+			answer(200, "ok\n")(w, r)
+		}
+	}
+	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": count(&probes), "/livez": answer(200, "ok\n"), "/version": count(&beats)}, nil)
+	table := NewTable()
+	table.store(NewSnapshot([]resolver.Endpoint{ep}, []State{Healthy}))
+	p := &Prober{
+		ep: ep, state: Healthy, table: table, out: NewReports(4), log: zap.NewNop(),
+		cfg: ProbeConfig{Mode: CheckReadyz, Interval: 100 * time.Millisecond, Timeout: time.Second, RetryDelay: time.Hour, Rise: 1, Fall: 1,
+			Heartbeat: 10 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond},
+		markedDown: make(chan struct{}), now: make(chan struct{}),
+	}
+	runProber(t, p)
+	time.Sleep(500 * time.Millisecond)
+	if n := beats.Load(); n != 0 {
+		t.Fatalf("%d heartbeats with no client connected, want none", n)
+	}
+	if n := probes.Load(); n < 3 {
+		t.Fatalf("%d probes in 500ms at a 100ms interval", n)
+	}
+	table.AddClients(1)
+	time.Sleep(300 * time.Millisecond)
+	if n := beats.Load(); n < 5 {
+		t.Fatalf("%d heartbeats in the 300ms after a client connected, want them every 10ms", n)
+	}
+	table.AddClients(-1)
+	time.Sleep(200 * time.Millisecond) // the current wait may still beat
+	before := beats.Load()
+	time.Sleep(300 * time.Millisecond)
+	if n := beats.Load() - before; n != 0 {
+		t.Fatalf("%d heartbeats after the last client left, want none", n)
+	}
 }

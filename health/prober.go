@@ -20,7 +20,8 @@ type ProbeConfig struct {
 	Fall       int           // consecutive worse results before the state worsens
 	TLS        TLSConfig     // for members found through _etcd-client-ssl
 	// Heartbeat is the period of the liveness heartbeat between two probes of a member that is
-	// not down (GET /version, which costs etcd no storage access); 0 turns it off. Two
+	// not down (GET /version, which costs etcd no storage access), sent while the gateway
+	// forwards any connection; 0 turns it off. Two
 	// heartbeats in a row without an answer within HeartbeatTimeout make the member down, so
 	// that a frozen member leaves rotation well within the probe interval.
 	Heartbeat        time.Duration
@@ -122,7 +123,7 @@ func (p *Prober) wait(ctx context.Context, chk *checker, hb *heartbeater, began 
 		if left <= 0 {
 			return state, "", nil
 		}
-		beat := p.cfg.Heartbeat > 0 && state != Down && chk.mode != CheckTCP
+		beat := p.cfg.Heartbeat > 0 && state != Down && chk.mode != CheckTCP && p.table.hasClients()
 		sleep := left
 		if beat {
 			sleep = min(left, p.cfg.Heartbeat)

@@ -94,9 +94,18 @@ func (s *Snapshot) Changed() <-chan struct{} { return s.changed }
 // Table holds the current Snapshot. Load is safe from any goroutine; only the Manager stores.
 // It also keeps the last probe of every endpoint, which each Prober writes for its own.
 type Table struct {
-	cur    atomic.Pointer[Snapshot]
-	probes sync.Map // resolver.Endpoint → *Probe
+	cur     atomic.Pointer[Snapshot]
+	probes  sync.Map     // resolver.Endpoint → *Probe
+	clients atomic.Int64 // connections being forwarded
 }
+
+// AddClients counts forwarded connections: +1 when one starts, -1 when it ends. Probers send
+// their liveness heartbeats only while there are some: with no client to protect, the
+// probes alone keep the state, and an idle gateway costs less.
+func (t *Table) AddClients(delta int64) { t.clients.Add(delta) }
+
+// hasClients reports whether any connection is being forwarded.
+func (t *Table) hasClients() bool { return t.clients.Load() > 0 }
 
 // Probe is the outcome of one probe of an endpoint.
 type Probe struct {

@@ -25,6 +25,7 @@ type Forwarder struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	clients  ClientCounter // nil when nobody counts
 	mu       sync.Mutex
 	live     map[*proxied]struct{}                   // every forwarded connection
 	ended    map[resolver.Endpoint]*EndpointCounters // what ended connections moved, and counts of all
@@ -68,6 +69,13 @@ func (f *Forwarder) countersOf(ep resolver.Endpoint) *EndpointCounters {
 	}
 	return c
 }
+
+// ClientCounter is told when a forwarded connection starts (+1) and ends (-1);
+// *health.Table is one.
+type ClientCounter interface{ AddClients(delta int64) }
+
+// CountClients makes c follow the number of forwarded connections; call it before Forward.
+func (f *Forwarder) CountClients(c ClientCounter) { f.clients = c }
 
 // NewForwarder returns a Forwarder that dials backends with dial.
 func NewForwarder(dial DialFunc, log *zap.Logger) *Forwarder {
@@ -150,6 +158,9 @@ func (f *Forwarder) track(p *proxied) bool {
 	}
 	f.live[p] = struct{}{}
 	f.countersOf(p.endpoint).Total++
+	if f.clients != nil {
+		f.clients.AddClients(1)
+	}
 	return true
 }
 
@@ -194,6 +205,9 @@ func (f *Forwarder) untrack(p *proxied) {
 		c := f.countersOf(p.endpoint)
 		c.BytesUp += uint64(p.up.n.Load())
 		c.BytesDown += uint64(p.down.n.Load())
+		if f.clients != nil {
+			f.clients.AddClients(-1)
+		}
 	}
 	delete(f.live, p)
 	f.mu.Unlock()

@@ -89,6 +89,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 		}
 	}
 	fwd := listener.NewForwarder(dial.Dial, log)
+	fwd.CountClients(table)
 
 	hook := EventHook(log)
 	tree := suture.New("gateway", suture.Spec{EventHook: hook})

@@ -167,7 +167,7 @@ func parseCommand(command string, args []string, getenv func(string) (string, bo
 	fs.Var(checkFlag{&h.Check}, "health-check", "how members are probed: readyz (GET /readyz, falling back to /health, then TCP), health (GET /health, falling back to TCP) or tcp")
 	fs.Var(durationFlag{&h.Interval}, "health-interval", "time between probes of each member")
 	fs.Var(durationFlag{&h.Timeout}, "health-timeout", "bound of each probe; a member that does not answer in time is down")
-	fs.Var(durationFlag{&h.Heartbeat}, "health-heartbeat-interval", "between probes, how often to check that each member's process answers at all (GET /version); two misses in a row make it down at once; 0 turns it off")
+	fs.Var(durationFlag{&h.Heartbeat}, "health-heartbeat-interval", "between probes, while clients are connected, how often to check that each member's process answers at all (GET /version); two misses in a row make it down at once; 0 turns it off")
 	fs.Var(durationFlag{&h.HeartbeatTimeout}, "health-heartbeat-timeout", "bound of each heartbeat")
 	fs.IntVar(&h.Rise, "health-rise", h.Rise, "consecutive better probe results before a member's state improves")
 	fs.IntVar(&h.Fall, "health-fall", h.Fall, "consecutive worse probe results before a member's state worsens")

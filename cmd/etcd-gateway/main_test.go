@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -334,4 +335,16 @@ func TestSystemdNotifications(t *testing.T) {
 		t.Fatalf("exit %d after SIGTERM: %s", code, p.stderr)
 	}
 	expect("STOPPING=1")
+}
+
+func TestVersionCommand(t *testing.T) {
+	out, err := exec.Command(gatewayBin, "version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("version: %v: %s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "etcd-gateway ") || !strings.HasPrefix(lines[1], "commit: ") ||
+		lines[2] != "go: "+runtime.Version() {
+		t.Fatalf("version printed %q, want the version, the commit and the Go version", out)
+	}
 }

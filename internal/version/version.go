@@ -6,8 +6,9 @@ import (
 	"runtime/debug"
 )
 
-// version is set at build time by the Makefile: -ldflags "-X .../internal/version.version=v1.2.3".
-var version = ""
+// version and commit are set at build time by the Makefile:
+// -ldflags "-X .../internal/version.version=v1.2.3 -X .../internal/version.commit=<sha>".
+var version, commit string
 
 // Version returns the release of this build: the one set at build time, else the module
 // version the go command recorded, else "devel".
@@ -21,9 +22,12 @@ func Version() string {
 	return "devel"
 }
 
-// Commit returns the VCS revision the binary was built from, with "-dirty" when the tree had
-// changes, or "unknown" when the go command recorded none.
+// Commit returns the VCS revision the binary was built from: the one set at build time, else
+// the one the go command recorded (with "-dirty" when the tree had changes), else "unknown".
 func Commit() string {
+	if commit != "" {
+		return commit
+	}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"
