@@ -2,7 +2,7 @@
 GO ?= go
 export CGO_ENABLED ?= 0
 
-.PHONY: build test unit e2e demo etcd lint clean haproxy bench bench-faults
+.PHONY: build test unit fuzz e2e soak demo etcd lint clean haproxy bench bench-faults
 
 # What `etcd-gateway version` prints: the nearest tag (else the commit), and the commit.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
@@ -19,8 +19,9 @@ build:
 etcd:
 	cd e2e && $(GO) build -o bin/etcd ./tools/etcd && $(GO) build -o bin/etcdctl ./tools/etcdctl
 
-## test: every test: format and vet checks, unit tests with the race detector, end-to-end tests
-test: lint unit e2e
+## test: every test: format and vet checks, unit tests with the race detector, each fuzz target
+## for FUZZTIME, end-to-end tests
+test: lint unit fuzz e2e
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -33,8 +34,23 @@ lint:
 unit:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./...
 
+FUZZTIME ?= 10s
+# One target per run: the go command fuzzes one at a time (cmd/etcd-gateway's tests build a
+# race-enabled gateway, hence cgo). A crash it finds is written to the
+# package's testdata/fuzz and fails the run; commit it as a regression case.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseEndpoints$$' -fuzztime $(FUZZTIME) ./resolver
+	$(GO) test -run '^$$' -fuzz '^FuzzParseEndpointsFile$$' -fuzztime $(FUZZTIME) ./resolver
+	$(GO) test -run '^$$' -fuzz '^FuzzSRVAnswer$$' -fuzztime $(FUZZTIME) ./resolver
+	CGO_ENABLED=1 $(GO) test -run '^$$' -fuzz '^FuzzParseCommand$$' -fuzztime $(FUZZTIME) ./cmd/etcd-gateway
+
 e2e:
 	cd e2e && CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
+
+## soak: 10 minutes of connection churn and member faults; resources must come back (SOAK_DURATION)
+SOAK_DURATION ?= 10m
+soak: build etcd
+	cd e2e && CGO_ENABLED=1 SOAK_DURATION=$(SOAK_DURATION) $(GO) test -race -count=1 -tags soak -run '^TestSoak$$' -timeout 30m -v .
 
 ## demo: a local 3-member etcd cluster on loopback and the gateway in the foreground (Ctrl-C stops all)
 demo: build etcd

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/health"
@@ -116,7 +115,7 @@ func (d *Dialer) dialOne(ctx context.Context, ep resolver.Endpoint, lastResort b
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	if localShortage(err) {
+	if health.LocalShortage(err) {
 		return nil, fmt.Errorf("dial %s: %w", ep, err)
 	}
 	if !lastResort {
@@ -150,10 +149,3 @@ func (d *Dialer) waitUntil(ctx context.Context, ready func(*health.Snapshot) boo
 func knowsEndpoints(s *health.Snapshot) bool { return len(s.Known()) > 0 }
 
 func hasRotation(s *health.Snapshot) bool { return len(s.Available()) > 0 }
-
-// localShortage reports whether err is the gateway's own lack of resources, which says
-// nothing about the endpoint.
-func localShortage(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
-}

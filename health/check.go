@@ -116,6 +116,9 @@ func (c *checker) checkTCP(ctx context.Context) (State, string) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	conn, err := c.dialer.DialContext(ctx, "tcp", c.ep.Addr())
+	if LocalShortage(err) {
+		return noVerdict, err.Error()
+	}
 	if err != nil {
 		return Down, err.Error()
 	}
@@ -144,6 +147,8 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 	if err := ready.err; err != nil {
 		var untrusted *untrustedError
 		switch {
+		case LocalShortage(err):
+			return noVerdict, err.Error(), answered
 		case errors.As(err, &untrusted):
 			return Down, untrusted.Error(), answered
 		case dialError(err) != nil:

@@ -70,9 +70,11 @@ func (p *Prober) Serve(ctx context.Context) error {
 		if ce := p.log.Check(zap.DebugLevel, "probed"); ce != nil {
 			ce.Write(zap.Stringer("state", got), zap.String("reason", reason))
 		}
-		if got == state {
+		switch got {
+		case noVerdict: // the gateway could not ask; the accept loop logs its shortage
+		case state:
 			streak = 0
-		} else {
+		default:
 			if got != pending || streak == 0 {
 				pending, streak = got, 0
 			}
@@ -139,6 +141,8 @@ func (p *Prober) wait(ctx context.Context, chk *checker, hb *heartbeater, began 
 			}
 			if err := hb.beat(ctx, p.cfg.HeartbeatTimeout); err == nil {
 				misses = 0
+			} else if LocalShortage(err) {
+				continue // the gateway could not ask: no news of the member
 			} else if misses++; misses >= heartbeatMisses {
 				return Down, err.Error(), nil
 			}

@@ -1,5 +1,10 @@
 package health
 
+import (
+	"errors"
+	"syscall"
+)
+
 // State is what the gateway knows of one endpoint.
 type State int8
 
@@ -14,6 +19,17 @@ const (
 	// Healthy: ready to serve clients.
 	Healthy
 )
+
+// noVerdict is what a probe found when it could not ask: the gateway itself was out of
+// descriptors, buffers or memory. It says nothing about the member, whose state stays.
+const noVerdict State = -1
+
+// LocalShortage reports whether err is the gateway's own lack of resources (descriptors,
+// socket buffers, memory), which says nothing about the member it was talking to.
+func LocalShortage(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
 
 func (s State) String() string {
 	switch s {

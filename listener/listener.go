@@ -105,6 +105,12 @@ func (s *Service) Serve(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if errors.Is(err, net.ErrClosed) {
+			// Only the socket's owner closes it, when the gateway stops: the stop reaches this
+			// service's ctx a moment later. Failing now would log a crash and restart in vain.
+			<-ctx.Done()
+			return ctx.Err()
+		}
 		if !temporary(err) {
 			return fmt.Errorf("accept on %s: %w", s.ln.Addr(), err)
 		}

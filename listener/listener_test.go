@@ -374,3 +374,31 @@ func TestListenUnixSocket(t *testing.T) {
 		t.Fatalf("after half-closing the unix client: read %d bytes, %v; want a clean EOF", len(rest), err)
 	}
 }
+
+// When the gateway stops, it closes the socket and cancels the accept loop at about the same
+// time, in either order: a closed socket is a stop, not a crash to restart.
+func TestServiceTreatsAClosedSocketAsAStop(t *testing.T) {
+	ln := testnet.LocalListener(t)
+	fwd := NewForwarder(dialTo("127.0.0.1:1"), zap.NewNop())
+	defer fwd.Shutdown(defaultTestTimeout)
+	svc := NewService(ln, fwd, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Serve(ctx) }()
+	time.Sleep(20 * time.Millisecond) // in Accept
+	ln.Close()
+	select {
+	case err := <-done:
+		t.Fatalf("Serve returned %v when the socket closed before the stop; want it to wait for the stop", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Serve returned %v after the stop, want context.Canceled", err)
+		}
+	case <-time.After(defaultTestTimeout):
+		t.Fatal("Serve did not return after the stop")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -42,11 +43,23 @@ func ParseEndpointsFile(text string) ([]Endpoint, error) {
 	return Normalize(eps), nil
 }
 
+// maxEndpointsFile bounds what is read of an endpoints file: a member list is a few hundred
+// bytes, and a wrong path (a log, a device) must not fill the gateway's memory.
+const maxEndpointsFile = 1 << 20
+
 // ReadEndpointsFile reads and parses the endpoints file at path.
 func ReadEndpointsFile(path string) ([]Endpoint, error) {
-	text, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	text, err := io.ReadAll(io.LimitReader(f, maxEndpointsFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(text) > maxEndpointsFile {
+		return nil, fmt.Errorf("%s: larger than %d bytes; is it the right file?", path, maxEndpointsFile)
 	}
 	eps, err := ParseEndpointsFile(string(text))
 	if err != nil {

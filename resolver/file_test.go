@@ -39,6 +39,19 @@ func TestParseEndpointsFile(t *testing.T) {
 	}
 }
 
+func TestReadEndpointsFileRefusesAHugeFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "endpoints")
+	if err := os.WriteFile(path, []byte(strings.Repeat("127.0.0.1:2379\n", 100_000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadEndpointsFile(path); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("ReadEndpointsFile of 1.5 MB = %v, want it refused", err)
+	}
+	if _, err := ReadEndpointsFile("/dev/zero"); err == nil {
+		t.Fatal("ReadEndpointsFile(/dev/zero) succeeded")
+	}
+}
+
 // fileFixture runs a File service on an endpoints file in a temporary directory.
 type fileFixture struct {
 	t       *testing.T
@@ -147,4 +160,31 @@ func TestFileRefusesBadContentAndKeepsTheSet(t *testing.T) {
 	}
 	f.write("127.0.0.1:12379\n")
 	f.waitSet("127.0.0.1:12379")
+}
+
+func FuzzParseEndpointsFile(f *testing.F) {
+	for _, seed := range []string{"127.0.0.1:2379\n", "# c\n\n[::1]:2379 # x\nhttp://a:1\n", "a\n", "\n\n#", "a:1\r\nb:2\r\n", "a:1,b:2\n"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		eps, err := ParseEndpointsFile(text)
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("multi-line error for %q: %q", text, err)
+			}
+			return
+		}
+		if len(eps) == 0 {
+			t.Fatalf("no error and no endpoints for %q", text)
+		}
+		for _, ep := range eps {
+			again, err := ParseEndpoint(ep.Addr())
+			if err != nil || again != ep {
+				t.Fatalf("%+v does not round-trip through Addr %q: %+v, %v", ep, ep.Addr(), again, err)
+			}
+		}
+		if !slices.IsSortedFunc(eps, compare) || len(slices.Compact(slices.Clone(eps))) != len(eps) {
+			t.Fatalf("result of %q not sorted and unique: %v", text, eps)
+		}
+	})
 }

@@ -315,3 +315,57 @@ func TestTLSVerification(t *testing.T) {
 		})
 	}
 }
+
+// DNS chaos in a loop: garbage, truncation, silence, SERVFAIL, the server killed and
+// restarted, and zone changes. The set is never empty once one was known, and the refresher
+// follows the final zone.
+func TestRefresherThroughDNSChaos(t *testing.T) {
+	t.Parallel()
+	s := dnstest.Start(t)
+	s.SetZone(plainZone(1, "127.0.0.11", "127.0.0.12")...)
+	cfg := testSRVConfig(t, s)
+	cfg.MaxRefresh = 2 * time.Second // bounds the backoff after failures
+	f := startRefresher(t, s, cfg)
+	f.waitSet(t, plainSet("127.0.0.11", "127.0.0.12"))
+
+	stop := make(chan struct{})
+	watched := make(chan int)
+	go func() { // checks the published set every millisecond
+		empties := 0
+		for {
+			select {
+			case <-stop:
+				watched <- empties
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if set, ok := f.updates.Latest(); !ok || len(set) == 0 {
+				empties++
+			}
+		}
+	}()
+	zones := [][]string{{"127.0.0.21"}, {"127.0.0.21", "127.0.0.22", "127.0.0.23"}, {"127.0.0.31", "127.0.0.32"}}
+	steps := 0
+	for round := range 4 {
+		for _, mode := range []dnstest.Mode{dnstest.Garbage, dnstest.Truncate, dnstest.Silent, dnstest.ServFail} {
+			s.SetMode(mode)
+			time.Sleep(300 * time.Millisecond)
+			steps++
+		}
+		s.SetMode(dnstest.Normal)
+		s.Stop()
+		time.Sleep(300 * time.Millisecond)
+		s.Restart()
+		s.SetZone(plainZone(1, zones[round%len(zones)]...)...)
+		time.Sleep(300 * time.Millisecond)
+		steps += 2
+	}
+	final := []string{"127.0.0.41", "127.0.0.42", "127.0.0.43"}
+	s.SetZone(plainZone(1, final...)...)
+	took := f.waitSet(t, plainSet(final...))
+	close(stop)
+	if empties := <-watched; empties > 0 {
+		t.Errorf("the published set was empty %d times during DNS chaos", empties)
+	}
+	t.Logf("%d chaos steps; the final zone was followed %s after it was set", steps, took)
+}

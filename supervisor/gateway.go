@@ -30,6 +30,10 @@ func (e *BindError) Error() string { return fmt.Sprintf("listen on %s: %v", e.Ad
 
 func (e *BindError) Unwrap() error { return e.Err }
 
+// serviceHook wraps every service New puts in the tree. It is the identity; tests replace it
+// to inject faults into each service.
+var serviceHook = func(s suture.Service) suture.Service { return s }
+
 // Gateway is a bound gateway, ready to Serve.
 type Gateway struct {
 	cfg      Config
@@ -96,13 +100,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 	// The accept loop gets a supervisor of its own so its restarts are not held up by
 	// flapping probers, and restart quickly: the socket and connections survive it.
 	listenSup := suture.New("listener", suture.Spec{EventHook: hook, FailureBackoff: time.Second})
-	listenSup.Add(listener.NewService(ln, fwd, log))
+	listenSup.Add(serviceHook(listener.NewService(ln, fwd, log)))
 	if cfg.Health.Evict {
-		listenSup.Add(listener.NewEvictor(table, fwd, log))
+		listenSup.Add(serviceHook(listener.NewEvictor(table, fwd, log)))
 	}
 	tree.Add(listenSup)
-	tree.Add(source)
-	tree.Add(&notifier{table: table, log: log.Named("supervisor")})
+	tree.Add(serviceHook(source))
+	tree.Add(serviceHook(&notifier{table: table, log: log.Named("supervisor")}))
 	if statusLn != nil {
 		src := status.Sources{Table: table, Forwarder: fwd, StaticSource: staticSource}
 		if r, ok := source.(*resolver.Refresher); ok {
@@ -110,10 +114,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 		}
 		srv := status.New(statusLn, src, log)
 		dial.Observe(srv.DialObserver())
-		tree.Add(srv)
+		tree.Add(serviceHook(srv))
 	}
 	healthSup := suture.New("health", suture.Spec{EventHook: hook})
-	healthSup.Add(health.NewManager(health.ManagerConfig{
+	healthSup.Add(serviceHook(health.NewManager(health.ManagerConfig{
 		Table:      table,
 		Updates:    updates,
 		Reports:    reports,
@@ -121,7 +125,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 		Probe:      probe,
 		ProberSpec: suture.Spec{EventHook: hook},
 		Log:        log,
-	}))
+	})))
 	tree.Add(healthSup)
 	return &Gateway{cfg: cfg, log: log, ln: ln, statusLn: statusLn, fwd: fwd, tree: tree}, nil
 }

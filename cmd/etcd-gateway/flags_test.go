@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -178,4 +179,41 @@ func TestParseStartHealthFlags(t *testing.T) {
 	if h.Check != health.CheckTCP || h.Interval != 250*time.Millisecond || h.Timeout != 400*time.Millisecond || h.Evict || h.Fall != 3 {
 		t.Fatalf("health = %+v", h)
 	}
+}
+
+// Any command line and environment either parses or gives one line that is a usage error.
+// Validate is left out: it resolves host names, and fuzzing must not reach the network.
+func FuzzParseCommand(f *testing.F) {
+	for _, seed := range []struct{ args, env string }{
+		{"--endpoints=127.0.0.1:2379", ""},
+		{"--listen-addr=unix:///run/x.sock --listen-socket-mode=0600", ""},
+		{"--retry-delay=1m --health-check=tcp", "ETCD_GATEWAY_DIAL_TIMEOUT=2s"},
+		{"--discovery-srv=example.com --dns-server=127.0.0.1:53", "ETCD_GATEWAY_ENDPOINTS=a:1"},
+		{"--help", ""},
+	} {
+		f.Add(seed.args, seed.env)
+	}
+	f.Fuzz(func(t *testing.T, args, env string) {
+		if strings.Contains(args, "endpoints-file") || strings.Contains(env, "ENDPOINTS_FILE") {
+			t.Skip("reads a file of the fuzzer's choosing, such as /dev/stdin")
+		}
+		name, value, _ := strings.Cut(env, "=")
+		getenv := func(k string) (string, bool) {
+			if k == name {
+				return value, true
+			}
+			return "", false
+		}
+		_, err := parseCommand("start", strings.Fields(args), getenv, false, io.Discard)
+		if err == nil || errors.Is(err, errHelp) {
+			return
+		}
+		var ue *usageError
+		if !errors.As(err, &ue) {
+			t.Fatalf("%q with %q: %v is not a usage error", args, env, err)
+		}
+		if strings.Contains(err.Error(), "\n") {
+			t.Fatalf("%q with %q: multi-line error %q", args, env, err)
+		}
+	})
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -221,23 +224,58 @@ func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 }
 
 // Under a low descriptor limit, more clients than it can hold make accept fail with EMFILE:
-// the gateway backs off, keeps running, and serves normally once they leave.
+// the gateway serves what it can hold, backs off, keeps running, and serves normally once
+// they leave.
 func TestLowFileLimitKeepsServing(t *testing.T) {
 	backend := testnet.Echo(t)
 	listen := freeAddr(t)
-	p := startProcess(t, 48, listen, "--endpoints="+backend.Addr())
+	p := startProcess(t, 256, listen, "--endpoints="+backend.Addr())
 	var clients []net.Conn
 	defer func() {
 		for _, c := range clients {
 			c.Close()
 		}
 	}()
-	for range 100 {
-		c, err := net.DialTimeout("tcp", listen, time.Second)
-		if err != nil {
-			continue // the backlog is full: the kernel drops the SYN
-		}
-		clients = append(clients, c)
+	// 1,000 clients at once, each asking for one echo.
+	var (
+		mu     sync.Mutex
+		served int
+		wg     sync.WaitGroup
+	)
+	for range 1000 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.DialTimeout("tcp", listen, time.Second)
+			if err != nil {
+				return // the backlog is full: the kernel drops the SYN
+			}
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			_, werr := io.WriteString(c, "x")
+			_, rerr := io.ReadFull(c, make([]byte, 1))
+			c.SetDeadline(time.Time{})
+			mu.Lock()
+			defer mu.Unlock()
+			clients = append(clients, c)
+			if werr == nil && rerr == nil {
+				served++
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("1000 clients at once under a limit of 256 descriptors: %d served while they stayed", served)
+	if served == 0 || served > 256 {
+		t.Errorf("%d of 1000 clients served under a 256 descriptor limit", served)
+	}
+	select {
+	case <-p.done:
+		t.Fatalf("the gateway exited: %s", p.stderr)
+	default:
+	}
+	// Its own shortage says nothing about the member: probes must not mark it down, which
+	// would close every connection to it.
+	if strings.Contains(p.stderr.String(), `"to":"down"`) {
+		t.Errorf("the member was marked down while the gateway was out of descriptors: %s", p.stderr)
 	}
 	deadline := time.Now().Add(defaultTestTimeout)
 	for !strings.Contains(p.stderr.String(), "accept failed; backing off") {
@@ -347,4 +385,216 @@ func TestVersionCommand(t *testing.T) {
 		lines[2] != "go: "+runtime.Version() {
 		t.Fatalf("version printed %q, want the version, the commit and the Go version", out)
 	}
+}
+
+// SIGTERM with 100 streams in flight: no new connection is accepted, every stream that ends
+// within --shutdown-timeout arrives intact, the ones still open are closed at the timeout, and
+// the process exits 0 in time.
+func TestSIGTERMWithActiveStreams(t *testing.T) {
+	backend := testnet.Serve(t, func(c *net.TCPConn) { testnet.EchoBuffered(c) })
+	listen := freeAddr(t)
+	const shutdownTimeout = 3 * time.Second
+	p := startProcess(t, 0, listen, "--endpoints="+backend.Addr(), "--shutdown-timeout="+shutdownTimeout.String(), "--health-check=tcp")
+
+	const streams, stuck = 100, 5 // the last 5 never finish
+	type result struct {
+		intact bool
+		err    error
+	}
+	results := make(chan result, streams)
+	connected := make(chan struct{}, streams)
+	terminated := make(chan struct{})
+	for i := range streams {
+		go func() {
+			c, err := net.Dial("tcp", listen)
+			if err != nil {
+				connected <- struct{}{}
+				results <- result{err: err}
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(4 * defaultTestTimeout))
+			sent := bytes.Repeat([]byte{byte(i)}, 64<<10)
+			type read struct {
+				got []byte
+				err error
+			}
+			echoed := make(chan read, 1)
+			go func() {
+				got, err := io.ReadAll(c)
+				echoed <- read{got, err}
+			}()
+			connected <- struct{}{}
+			<-terminated
+			// Ten chunks over about a second after the stop signal, echoed back.
+			for range 10 {
+				if _, err := c.Write(sent); err != nil {
+					<-echoed
+					results <- result{err: err}
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if i < streams-stuck { // the stuck ones never half-close: closed at the timeout
+				c.(*net.TCPConn).CloseWrite()
+			}
+			r := <-echoed
+			results <- result{intact: i < streams-stuck && r.err == nil && bytes.Equal(r.got, bytes.Repeat(sent, 10)), err: r.err}
+		}()
+	}
+	for range streams {
+		<-connected
+	}
+	time.Sleep(200 * time.Millisecond) // every stream is proxied
+	began := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	close(terminated)
+	time.Sleep(100 * time.Millisecond)
+	if c, err := net.DialTimeout("tcp", listen, 100*time.Millisecond); err == nil {
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if n, _ := c.Read(make([]byte, 1)); n > 0 {
+			t.Error("a new connection was served after SIGTERM")
+		}
+		c.Close()
+	}
+	intact := 0
+	for i := range streams {
+		r := <-results
+		if r.intact {
+			intact++
+		} else if i < streams-stuck && r.err != nil && !errors.Is(r.err, io.EOF) {
+			t.Logf("stream ended with %v", r.err)
+		}
+	}
+	select {
+	case <-p.done:
+	case <-time.After(shutdownTimeout + defaultTestTimeout):
+		t.Fatal("the gateway did not exit after its shutdown timeout")
+	}
+	took := time.Since(began)
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM: %s", code, p.stderr)
+	}
+	if intact != streams-stuck {
+		t.Errorf("%d of %d streams that finished within the shutdown timeout arrived intact", intact, streams-stuck)
+	}
+	if took < shutdownTimeout-100*time.Millisecond || took > shutdownTimeout+2*time.Second {
+		t.Errorf("exited %s after SIGTERM with streams still open, want about the %s shutdown timeout", took, shutdownTimeout)
+	}
+	t.Logf("SIGTERM with %d streams: %d finished intact, %d closed at the timeout; exit 0 after %s", streams, intact, stuck, took)
+}
+
+// 9,000 connections held at once under a 20,000 descriptor limit: every one is served (two
+// descriptors each in the gateway; etcd's gateway, at six, fails near 3,300).
+func TestNineThousandConcurrentConnections(t *testing.T) {
+	backend := testnet.Serve(t, func(c *net.TCPConn) { testnet.EchoBuffered(c) })
+	listen := freeAddr(t)
+	p := startProcess(t, 20000, listen, "--endpoints="+backend.Addr())
+	const n = 9000
+	conns := make([]net.Conn, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 16 {
+				c, err := net.DialTimeout("tcp", listen, 5*time.Second)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				conns[i] = c
+				c.SetDeadline(time.Now().Add(defaultTestTimeout))
+				if _, err := io.WriteString(c, "x"); err != nil {
+					failed.Add(1)
+					continue
+				}
+				if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		t.Fatalf("%d of %d concurrent connections failed; stderr: %.2000s", f, n, p.stderr)
+	}
+	// All still open: each answers again.
+	for _, c := range conns[:100] {
+		echo(t, c, "y")
+	}
+}
+
+// A client that sends without ever reading fills its own buffers and stalls only itself: the
+// other clients keep getting their answers.
+func TestClientThatNeverReadsDoesNotStallOthers(t *testing.T) {
+	backend := testnet.Serve(t, func(c *net.TCPConn) { testnet.EchoBuffered(c) })
+	listen := freeAddr(t)
+	startProcess(t, 0, listen, "--endpoints="+backend.Addr())
+	hog, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hog.Close()
+	hogged := make(chan int64, 1)
+	go func() { // writes until the buffers on the way are full and the write blocks for good
+		hog.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		n, _ := io.Copy(hog, io.LimitReader(zeros{}, 1<<30))
+		hogged <- n
+	}()
+	time.Sleep(500 * time.Millisecond)
+	var wg sync.WaitGroup
+	var slowest atomic.Int64
+	for range 10 {
+		c, err := net.Dial("tcp", listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64)
+			for range 200 {
+				began := time.Now()
+				c.SetDeadline(time.Now().Add(defaultTestTimeout))
+				if _, err := c.Write(buf); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					t.Error(err)
+					return
+				}
+				if d := int64(time.Since(began)); d > slowest.Load() {
+					slowest.Store(d)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	n := <-hogged
+	if n >= 1<<30 {
+		t.Fatal("the non-reading client's writes never blocked: nothing was buffered against it")
+	}
+	t.Logf("non-reading client stalled after %d MiB; slowest of 2,000 round trips of the others: %s", n>>20, time.Duration(slowest.Load()))
+	if time.Duration(slowest.Load()) > time.Second {
+		t.Errorf("a round trip of another client took %s while one client did not read", time.Duration(slowest.Load()))
+	}
+}
+
+// zeros is an endless reader of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
