@@ -42,7 +42,6 @@ type proxied struct {
 type stream interface {
 	net.Conn
 	CloseWrite() error
-	CloseRead() error
 	SyscallConn() (syscall.RawConn, error)
 }
 
@@ -95,14 +94,15 @@ func (h *half) copyUp() { h.run() }
 // copyDown runs the backend-to-client direction.
 func (h *half) copyDown() { h.run() }
 
-// run copies until src ends or fails. At EOF it half-closes: FIN to dst, no more reads from
-// src. On an error it closes both connections, which also ends the other direction.
+// run copies until src ends or fails. At EOF, while the other direction still flows, it passes
+// the EOF on as a half-close (FIN to dst); when the other has ended too, closing both sends the
+// FIN anyway, so the last direction spares the shutdown call. On an error it closes both
+// connections, which also ends the other direction.
 func (h *half) run() {
 	defer h.p.wg.Done()
 	err := h.copy()
-	if err == nil {
+	if err == nil && h.p.pending.Load() == 2 {
 		err = h.dst.CloseWrite()
-		h.src.CloseRead()
 	}
 	h.err = err
 	if err != nil {
