@@ -402,3 +402,45 @@ func TestServiceTreatsAClosedSocketAsAStop(t *testing.T) {
 		t.Fatal("Serve did not return after the stop")
 	}
 }
+
+// A dial that returns only after Shutdown has closed the live connections must not start a
+// connection nobody will close: Shutdown would wait for it forever.
+func TestShutdownRefusesADialThatEndsLate(t *testing.T) {
+	backend := testnet.Echo(t)
+	release := make(chan struct{})
+	slowDial := func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+		<-release // a dial that does not notice the cancel in time
+		c, err := net.Dial("tcp", backend.Addr())
+		if err != nil {
+			return nil, resolver.Endpoint{}, err
+		}
+		return c.(*net.TCPConn), resolver.Endpoint{Host: "backend"}, nil
+	}
+	ln := testnet.LocalListener(t)
+	fwd := NewForwarder(slowDial, zap.NewNop())
+	svc := NewService(ln, fwd, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- svc.Serve(ctx) }()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	time.Sleep(50 * time.Millisecond) // the dial is waiting
+	cancel()
+	<-served
+	shut := make(chan int, 1)
+	go func() { shut <- fwd.Shutdown(20 * time.Millisecond) }()
+	time.Sleep(200 * time.Millisecond) // past the grace period: the rest has been closed
+	close(release)
+	select {
+	case <-shut:
+	case <-time.After(defaultTestTimeout):
+		t.Fatal("Shutdown waits for a connection dialed after it closed the rest")
+	}
+	client.SetReadDeadline(time.Now().Add(defaultTestTimeout))
+	if _, err := client.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the late client was not closed: read returned %v", err)
+	}
+}
