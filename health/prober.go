@@ -125,7 +125,15 @@ func (p *Prober) wait(ctx context.Context, chk *checker, hb *heartbeater, began 
 		if left <= 0 {
 			return state, "", nil
 		}
-		beat := p.cfg.Heartbeat > 0 && state != Down && chk.mode != CheckTCP && p.table.hasClients()
+		canBeat := p.cfg.Heartbeat > 0 && state != Down && chk.mode != CheckTCP
+		var arrives <-chan struct{} // the first client after none: heartbeats resume at once
+		if canBeat {
+			arrives = p.table.clientArrives() // taken before the count, so no arrival slips between
+		}
+		beat := canBeat && p.table.hasClients()
+		if beat {
+			arrives = nil
+		}
 		sleep := left
 		if beat {
 			sleep = min(left, p.cfg.Heartbeat)
@@ -153,6 +161,8 @@ func (p *Prober) wait(ctx context.Context, chk *checker, hb *heartbeater, began 
 			t.Stop()
 			state = Down
 		case <-snap.Changed():
+			t.Stop()
+		case <-arrives:
 			t.Stop()
 		case <-ctx.Done():
 			t.Stop()

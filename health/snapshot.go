@@ -97,15 +97,38 @@ type Table struct {
 	cur     atomic.Pointer[Snapshot]
 	probes  sync.Map     // resolver.Endpoint → *Probe
 	clients atomic.Int64 // connections being forwarded
+
+	arrivedMu sync.Mutex
+	arrived   chan struct{} // closed when the first client arrives; then replaced
 }
 
 // AddClients counts forwarded connections: +1 when one starts, -1 when it ends. Probers send
 // their liveness heartbeats only while there are some: with no client to protect, the
-// probes alone keep the state, and an idle gateway costs less.
-func (t *Table) AddClients(delta int64) { t.clients.Add(delta) }
+// probes alone keep the state, and an idle gateway costs less. The first client after none
+// wakes the probers, so that heartbeats resume at once.
+func (t *Table) AddClients(delta int64) {
+	if t.clients.Add(delta) == delta && delta > 0 {
+		t.arrivedMu.Lock()
+		if t.arrived != nil {
+			close(t.arrived)
+			t.arrived = nil
+		}
+		t.arrivedMu.Unlock()
+	}
+}
 
 // hasClients reports whether any connection is being forwarded.
 func (t *Table) hasClients() bool { return t.clients.Load() > 0 }
+
+// clientArrives returns a channel closed when the next first client arrives.
+func (t *Table) clientArrives() <-chan struct{} {
+	t.arrivedMu.Lock()
+	defer t.arrivedMu.Unlock()
+	if t.arrived == nil {
+		t.arrived = make(chan struct{})
+	}
+	return t.arrived
+}
 
 // Probe is the outcome of one probe of an endpoint.
 type Probe struct {
