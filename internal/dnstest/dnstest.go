@@ -4,6 +4,7 @@
 package dnstest
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
 )
 
 // Mode is how the server answers.
@@ -38,26 +41,32 @@ type Server struct {
 	servers []*dns.Server
 }
 
-// Start serves an empty zone on a loopback port, UDP and TCP, until the test ends.
+// Start serves an empty zone on a loopback port, UDP and TCP, until the test ends. The port is
+// outside the ephemeral range and never handed out twice (testnet.FreePort), so that Restart
+// finds it free: an ephemeral port may be taken meanwhile by any outgoing connection, the
+// gateway's own DNS queries included.
 func Start(t testing.TB) *Server {
 	t.Helper()
 	s := &Server{t: t, queries: map[string]int{}}
 	for attempt := 0; ; attempt++ {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		port, err := testnet.FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err != nil {
-			pc.Close()
-			if attempt > 10 {
-				t.Fatalf("no port free for both UDP and TCP: %v", err)
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		pc, err := net.ListenPacket("udp", addr)
+		if err == nil {
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", addr); err == nil {
+				s.addr = addr
+				s.serve(pc, ln)
+				break
 			}
-			continue
+			pc.Close()
 		}
-		s.addr = pc.LocalAddr().String()
-		s.serve(pc, ln)
-		break
+		if attempt > 10 {
+			t.Fatalf("no port free for both UDP and TCP: %v", err)
+		}
 	}
 	t.Cleanup(s.Stop)
 	return s
@@ -99,8 +108,8 @@ func (s *Server) Restart() {
 	for {
 		pc, err := net.ListenPacket("udp", s.addr)
 		if err == nil {
-			ln, err := net.Listen("tcp", s.addr)
-			if err == nil {
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", s.addr); err == nil {
 				s.serve(pc, ln)
 				return
 			}
