@@ -49,6 +49,15 @@ const maxEndpointsFile = 1 << 20
 
 // ReadEndpointsFile reads and parses the endpoints file at path.
 func ReadEndpointsFile(path string) ([]Endpoint, error) {
+	// Only a regular file: opening or reading a FIFO, a terminal or /dev/stdin would hold the
+	// gateway's start-up or a reload for good.
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file; give the path of a file that lists the endpoints", path)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err

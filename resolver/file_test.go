@@ -39,7 +39,7 @@ func TestParseEndpointsFile(t *testing.T) {
 	}
 }
 
-func TestReadEndpointsFileRefusesAHugeFile(t *testing.T) {
+func TestReadEndpointsFileRefusesWhatIsNotAnEndpointsFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "endpoints")
 	if err := os.WriteFile(path, []byte(strings.Repeat("127.0.0.1:2379\n", 100_000)), 0o644); err != nil {
 		t.Fatal(err)
@@ -47,8 +47,10 @@ func TestReadEndpointsFileRefusesAHugeFile(t *testing.T) {
 	if _, err := ReadEndpointsFile(path); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("ReadEndpointsFile of 1.5 MB = %v, want it refused", err)
 	}
-	if _, err := ReadEndpointsFile("/dev/zero"); err == nil {
-		t.Fatal("ReadEndpointsFile(/dev/zero) succeeded")
+	for _, notAFile := range []string{"/dev/zero", "/dev/stdin", t.TempDir()} {
+		if _, err := ReadEndpointsFile(notAFile); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("ReadEndpointsFile(%s) = %v, want it refused as not a regular file", notAFile, err)
+		}
 	}
 }
 
