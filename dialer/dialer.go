@@ -104,7 +104,10 @@ func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, err
 // next endpoint should be tried. lastResort marks an endpoint already out of rotation, whose
 // failure is not news.
 func (d *Dialer) dialOne(ctx context.Context, ep resolver.Endpoint, lastResort bool) (*net.TCPConn, error) {
-	began := time.Now()
+	var began time.Time
+	if d.observe != nil {
+		began = time.Now()
+	}
 	c, err := d.net.DialContext(ctx, "tcp", ep.Addr())
 	if d.observe != nil {
 		d.observe.Dialed(ep, time.Since(began), err)

@@ -1,6 +1,7 @@
 package status
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,13 @@ const namespace = "etcd_gateway"
 type dialMetrics struct {
 	latency  *prometheus.HistogramVec
 	failures *prometheus.CounterVec
+	series   sync.Map // resolver.Endpoint → *dialSeries, so that a dial builds no label
+}
+
+// dialSeries are one endpoint's dial metrics.
+type dialSeries struct {
+	latency  prometheus.Observer
+	failures prometheus.Counter
 }
 
 func newDialMetrics() *dialMetrics {
@@ -35,10 +43,15 @@ func newDialMetrics() *dialMetrics {
 
 // Dialed records one dial.
 func (m *dialMetrics) Dialed(ep resolver.Endpoint, took time.Duration, err error) {
-	name := ep.String()
-	m.latency.WithLabelValues(name).Observe(took.Seconds())
+	v, ok := m.series.Load(ep)
+	if !ok {
+		name := ep.String()
+		v, _ = m.series.LoadOrStore(ep, &dialSeries{m.latency.WithLabelValues(name), m.failures.WithLabelValues(name)})
+	}
+	s := v.(*dialSeries)
+	s.latency.Observe(took.Seconds())
 	if err != nil {
-		m.failures.WithLabelValues(name).Inc()
+		s.failures.Inc()
 	}
 }
 

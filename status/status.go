@@ -21,10 +21,10 @@ import (
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
 
+	"github.com/etcd-gateway/etcd-gateway/dialer"
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/internal/version"
 	"github.com/etcd-gateway/etcd-gateway/listener"
-	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
 // Sources is the gateway state the status server reads.
@@ -73,11 +73,7 @@ func New(ln *net.TCPListener, src Sources, log *zap.Logger) *Server {
 }
 
 // DialObserver is what the dialer reports every dial to.
-func (s *Server) DialObserver() interface {
-	Dialed(ep resolver.Endpoint, took time.Duration, err error)
-} {
-	return s.dials
-}
+func (s *Server) DialObserver() dialer.Observer { return s.dials }
 
 // String names the service in supervisor events.
 func (s *Server) String() string { return "status/" + s.ln.Addr().String() }
