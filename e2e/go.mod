@@ -6,13 +6,13 @@ require (
 	go.etcd.io/etcd/client/v3 v3.6.16
 	go.etcd.io/etcd/etcdctl/v3 v3.6.16
 	go.etcd.io/etcd/server/v3 v3.6.16
-	go.uber.org/goleak v1.3.0
 	go.uber.org/zap v1.28.0
 )
 
 require (
 	github.com/miekg/dns v1.1.73 // indirect
 	github.com/pandatix/go-abnf v0.5.3 // indirect
+	go.uber.org/goleak v1.3.0 // indirect
 )
 
 require (

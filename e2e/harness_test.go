@@ -14,7 +14,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
@@ -28,41 +27,17 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "etcd-gateway-e2e-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	etcdBin = filepath.Join(dir, "etcd")
-	etcdctlBin = filepath.Join(dir, "etcdctl")
-	gatewayBin = filepath.Join(dir, "etcd-gateway")
-	builds := []struct {
-		dir  string
-		args []string
-	}{
-		{".", []string{"build", "-o", etcdBin, "./tools/etcd"}},
-		{".", []string{"build", "-o", etcdctlBin, "./tools/etcdctl"}},
-		// The gateway runs with the race detector: a race under real load fails the test.
-		{"..", []string{"build", "-race", "-o", gatewayBin, "./cmd/etcd-gateway"}},
-	}
-	for _, b := range builds {
-		cmd := exec.Command("go", b.args...)
-		cmd.Dir = b.dir
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "go %s: %v\n", strings.Join(b.args, " "), err)
-			os.Exit(1)
+	os.Exit(testnet.RunWithBinaries(m, "etcd-gateway-e2e-bin", func(dir string) []testnet.Build {
+		etcdBin = filepath.Join(dir, "etcd")
+		etcdctlBin = filepath.Join(dir, "etcdctl")
+		gatewayBin = filepath.Join(dir, "etcd-gateway")
+		return []testnet.Build{
+			{Dir: ".", Args: []string{"build", "-o", etcdBin, "./tools/etcd"}},
+			{Dir: ".", Args: []string{"build", "-o", etcdctlBin, "./tools/etcdctl"}},
+			// The gateway runs with the race detector: a race under real load fails the test.
+			{Dir: "..", Args: []string{"build", "-race", "-o", gatewayBin, "./cmd/etcd-gateway"}},
 		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	}))
 }
 
 // freePort returns a loopback port for a child process to bind.
@@ -400,4 +375,14 @@ func membersThroughGateway(t *testing.T, addr string, cfg *tls.Config, n int) ma
 		seen[st.Header.MemberId]++
 	}
 	return seen
+}
+
+// eventually polls cond every 20 ms for up to d and reports whether it came true.
+func eventually(d time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }

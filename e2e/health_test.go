@@ -254,12 +254,5 @@ func TestSYNDroppingEndpoint(t *testing.T) {
 
 // waitLog waits until the gateway has logged text.
 func waitLog(g *gateway, text string, within time.Duration) bool {
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if strings.Contains(g.proc.out.String(), text) {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return false
+	return eventually(within, func() bool { return strings.Contains(g.proc.out.String(), text) })
 }

@@ -119,16 +119,6 @@ func (s statusClient) status() statusDoc {
 	return doc
 }
 
-// eventually polls cond every 50 ms for up to d.
-func eventually(d time.Duration, cond func() bool) bool {
-	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if cond() {
-			return true
-		}
-	}
-	return cond()
-}
-
 // /metrics, /healthz, /readyz and /status follow the connections and the cluster.
 func TestMetricsAndStatus(t *testing.T) {
 	t.Parallel()

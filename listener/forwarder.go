@@ -137,14 +137,12 @@ func (f *Forwarder) serve(client stream) {
 		}
 	}}
 	if !f.track(p) {
-		client.Close()
-		backend.Close()
+		p.abort()
 		return
 	}
 	if err := p.start(); err != nil {
 		f.untrack(p)
-		client.Close()
-		backend.Close()
+		p.abort()
 		f.log.Error("could not start copying; closed the connection", zap.Error(err))
 	}
 }

@@ -45,14 +45,26 @@ type Gateway struct {
 }
 
 // New binds the listen address and builds the supervisor tree; nothing runs until Serve.
-func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
+func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err error) {
 	ln, err := listener.Listen(ctx, cfg.ListenAddr, cfg.KeepAlive, cfg.SocketMode)
 	if err != nil {
 		return nil, &BindError{Addr: cfg.ListenAddr, Err: err}
 	}
+	var statusLn *net.TCPListener
+	defer func() {
+		if err != nil {
+			ln.Close()
+			if statusLn != nil {
+				statusLn.Close()
+			}
+		}
+	}()
 	probe, err := cfg.probeConfig()
 	if err != nil {
-		ln.Close()
+		return nil, err
+	}
+	guard, err := resolver.NewLoopGuard(ctx, cfg.ListenAddr)
+	if err != nil {
 		return nil, err
 	}
 	table := health.NewTable()
@@ -60,35 +72,23 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Gateway, error) {
 	reprobe := health.NewReprobe()
 	updates := resolver.NewUpdates()
 	dial := dialer.New(table, reports, reprobe, cfg.DialTimeout, cfg.KeepAlive)
-	var source suture.Service = resolver.NewStatic(cfg.Endpoints, updates)
+	var source suture.Service
 	staticSource := "endpoints"
-	if cfg.EndpointsFile != "" {
-		guard, err := resolver.NewLoopGuard(ctx, cfg.ListenAddr)
-		if err != nil {
-			ln.Close()
+	switch {
+	case cfg.Discovery != nil:
+		srv := *cfg.Discovery
+		srv.Fallback, srv.Guard = cfg.Endpoints, guard
+		if source, err = resolver.NewRefresher(srv, updates, log); err != nil {
 			return nil, err
 		}
-		// Publish what was read at start at once: clients are served before the watcher runs.
-		updates.Publish(resolver.Normalize(cfg.Endpoints))
+	case cfg.EndpointsFile != "":
 		source = resolver.NewFile(cfg.EndpointsFile, updates, cfg.Reload, guard, log)
 		staticSource = "endpoints-file"
+	default:
+		source = resolver.NewStatic(cfg.Endpoints, updates)
 	}
-	if cfg.Discovery != nil {
-		srv := *cfg.Discovery
-		srv.Fallback = cfg.Endpoints
-		if srv.Guard, err = resolver.NewLoopGuard(ctx, cfg.ListenAddr); err != nil {
-			ln.Close()
-			return nil, err
-		}
-		if source, err = resolver.NewRefresher(srv, updates, log); err != nil {
-			ln.Close()
-			return nil, err
-		}
-	}
-	var statusLn *net.TCPListener
 	if cfg.MetricsAddr != "" {
 		if statusLn, err = status.Listen(ctx, cfg.MetricsAddr); err != nil {
-			ln.Close()
 			return nil, &BindError{Addr: cfg.MetricsAddr, Err: err}
 		}
 	}

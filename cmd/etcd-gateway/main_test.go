@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
 )
 
@@ -28,27 +26,10 @@ const defaultTestTimeout = 10 * time.Second
 var gatewayBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "etcd-gateway-cmd-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	gatewayBin = filepath.Join(dir, "etcd-gateway")
-	build := exec.Command("go", "build", "-race", "-o", gatewayBin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build etcd-gateway:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testnet.RunWithBinaries(m, "etcd-gateway-cmd-test", func(dir string) []testnet.Build {
+		gatewayBin = filepath.Join(dir, "etcd-gateway")
+		return []testnet.Build{{Dir: ".", Args: []string{"build", "-race", "-o", gatewayBin, "."}}}
+	}))
 }
 
 // freeAddr returns a loopback address nothing listens on right now.

@@ -7,9 +7,13 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // SyncBuffer is a bytes.Buffer that a child process writes to while a test reads it.
@@ -76,4 +80,40 @@ func WaitStopped(pid int) error {
 		time.Sleep(time.Millisecond)
 	}
 	return fmt.Errorf("process %d never stopped", pid)
+}
+
+// Build is one `go build` that a package's tests need before they run: args run in dir.
+type Build struct {
+	Dir  string
+	Args []string
+}
+
+// RunWithBinaries is a TestMain body for tests that start binaries: it makes a temporary
+// directory, lets builds name the binaries in it and runs those builds, runs the tests,
+// removes the directory, and fails a passing run that leaked goroutines. It returns the exit
+// status for os.Exit.
+func RunWithBinaries(m *testing.M, prefix string, builds func(dir string) []Build) int {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	for _, b := range builds(dir) {
+		cmd := exec.Command("go", b.Args...)
+		cmd.Dir = b.Dir
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "go %s: %v\n", strings.Join(b.Args, " "), err)
+			return 1
+		}
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	return code
 }
