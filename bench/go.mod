@@ -7,6 +7,8 @@ require (
 	go.uber.org/zap v1.28.0
 )
 
+require go.uber.org/goleak v1.3.0 // indirect
+
 require (
 	github.com/coreos/go-semver v0.3.1 // indirect
 	github.com/coreos/go-systemd/v22 v22.7.0 // indirect
