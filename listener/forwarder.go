@@ -136,15 +136,16 @@ func (f *Forwarder) serve(client stream) {
 				zap.Duration("duration", time.Since(started)), zap.Error(p.err()))
 		}
 	}}
+	if err := p.prepare(); err != nil {
+		p.abort()
+		f.log.Error("could not start copying; closed the connection", zap.Error(err))
+		return
+	}
 	if !f.track(p) {
 		p.abort()
 		return
 	}
-	if err := p.start(); err != nil {
-		f.untrack(p)
-		p.abort()
-		f.log.Error("could not start copying; closed the connection", zap.Error(err))
-	}
+	p.start()
 }
 
 // track records a connection about to be copied; false once Shutdown has closed the rest.

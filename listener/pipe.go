@@ -55,8 +55,9 @@ type half struct {
 	err      error            // why it ended; nil after a clean EOF
 }
 
-// start runs both directions.
-func (p *proxied) start() error {
+// prepare sets up both directions. It must finish before the connection is tracked: from then
+// on metrics read the byte counters while the halves run.
+func (p *proxied) prepare() error {
 	p.up = half{p: p, dst: p.backend, src: p.client}
 	p.down = half{p: p, dst: p.client, src: p.backend}
 	for _, h := range []*half{&p.up, &p.down} {
@@ -67,11 +68,15 @@ func (p *proxied) start() error {
 		h.raw = raw
 		h.queued.R = h.src
 	}
+	return nil
+}
+
+// start runs both directions of a prepared connection.
+func (p *proxied) start() {
 	p.pending.Store(2)
 	p.wg.Add(2)
 	go p.up.copyUp()
 	go p.down.copyDown()
-	return nil
 }
 
 // abort closes both connections, which ends both directions.

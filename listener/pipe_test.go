@@ -43,9 +43,10 @@ func startProxied(t *testing.T, handle func(*net.TCPConn)) (*net.TCPConn, <-chan
 	p := &proxied{client: accepted, backend: back.(*net.TCPConn), wg: &wg, done: func(p *proxied) {
 		res <- pipeResult{p.up.n.Load(), p.down.n.Load(), p.err()}
 	}}
-	if err := p.start(); err != nil {
+	if err := p.prepare(); err != nil {
 		t.Fatal(err)
 	}
+	p.start()
 	t.Cleanup(func() {
 		client.Close()
 		wg.Wait()

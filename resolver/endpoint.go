@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // Endpoint is one etcd member's client address. It is a comparable value type: two endpoints
@@ -58,8 +59,11 @@ func ParseEndpoint(s string) (Endpoint, error) {
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("endpoint %q has no port; give host:port, e.g. %q", raw, net.JoinHostPort(strings.Trim(hostport, "[]"), "2379"))
 	}
-	if host == "" {
-		return Endpoint{}, fmt.Errorf("endpoint %q has no host; give host:port, e.g. %q", raw, "127.0.0.1"+hostport)
+	if strings.TrimSpace(host) == "" {
+		return Endpoint{}, fmt.Errorf("endpoint %q has no host; give host:port, e.g. %q", raw, net.JoinHostPort("127.0.0.1", portText))
+	}
+	if strings.IndexFunc(host, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return Endpoint{}, fmt.Errorf("endpoint %q: host %q contains a space or a control character; give host:port", raw, host)
 	}
 	port, err := strconv.ParseUint(portText, 10, 16)
 	if err != nil || port == 0 {

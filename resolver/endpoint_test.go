@@ -22,6 +22,10 @@ func TestParseEndpoint(t *testing.T) {
 		{give: "10.0.1.10", wantErr: "has no port"},
 		{give: "::1", wantErr: "has no port"},
 		{give: ":2379", wantErr: "has no host"},
+		{give: "[ ]:1", wantErr: "has no host"},
+		{give: "[\t]:1", wantErr: "has no host"},
+		{give: "[a b]:1", wantErr: "contains a space"},
+		{give: "[a\x00]:1", wantErr: "control character"},
 		{give: "10.0.1.10:0", wantErr: "not a number from 1 to 65535"},
 		{give: "10.0.1.10:65536", wantErr: "not a number from 1 to 65535"},
 		{give: "10.0.1.10:http", wantErr: "not a number from 1 to 65535"},
@@ -85,7 +89,7 @@ func FuzzParseEndpoints(f *testing.F) {
 			t.Fatalf("no error and no endpoints for %q", list)
 		}
 		for _, ep := range eps {
-			if ep.Port == 0 || ep.Host == "" {
+			if ep.Port == 0 || strings.TrimSpace(ep.Host) != ep.Host || ep.Host == "" {
 				t.Fatalf("accepted %+v from %q", ep, list)
 			}
 			again, err := ParseEndpoint(ep.Addr())
