@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/health"
@@ -27,6 +28,7 @@ type Dialer struct {
 	timeout time.Duration
 	net     net.Dialer
 	observe Observer
+	now     func() time.Time // the clock that judges whether a timeout was seen late
 }
 
 // Observer is told the outcome of every dial to a member, for metrics. It runs on the dialing
@@ -48,6 +50,7 @@ func New(table *health.Table, reports health.Reports, reprobe health.Reprobe, ti
 		reprobe: reprobe,
 		timeout: timeout,
 		net:     net.Dialer{Timeout: timeout, KeepAlive: keepAlive},
+		now:     time.Now,
 	}
 }
 
@@ -100,31 +103,66 @@ func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, err
 }
 
 // dialOne dials ep. It returns a connection, or an error that ends the attempt for this client
-// (the gateway itself is out of descriptors or shutting down), or neither when ep failed and the
-// next endpoint should be tried. lastResort marks an endpoint already out of rotation, whose
-// failure is not news.
+// (the gateway itself is out of descriptors or ports, or shutting down), or neither when ep
+// failed and the next endpoint should be tried. lastResort marks an endpoint already out of
+// rotation, whose failure is not news. A timeout the gateway saw late (it was not scheduled)
+// is no evidence: the same endpoint is dialed once more at once.
 func (d *Dialer) dialOne(ctx context.Context, ep resolver.Endpoint, lastResort bool) (*net.TCPConn, error) {
-	var began time.Time
-	if d.observe != nil {
-		began = time.Now()
+	for retried := false; ; retried = true {
+		began := d.now()
+		c, err := d.net.DialContext(ctx, "tcp", ep.Addr())
+		took := d.now().Sub(began)
+		if d.observe != nil {
+			d.observe.Dialed(ep, took, err)
+		}
+		if err == nil {
+			return c.(*net.TCPConn), nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		evidence := classify(err, took, d.timeout)
+		switch {
+		case evidence == localShortage:
+			return nil, fmt.Errorf("dial %s: %w", ep, err)
+		case evidence == seenLate && !retried:
+			continue
+		case evidence >= 0 && !lastResort:
+			d.reports.Offer(health.Report{Endpoint: ep, Evidence: evidence, State: health.Down, Reason: err.Error()})
+		}
+		return nil, nil
 	}
-	c, err := d.net.DialContext(ctx, "tcp", ep.Addr())
-	if d.observe != nil {
-		d.observe.Dialed(ep, time.Since(began), err)
+}
+
+// What a failed dial may say besides the health package's kinds of evidence: nothing.
+const (
+	localShortage health.Evidence = -1 // the gateway's own shortage: no news of the member
+	seenLate      health.Evidence = -2 // a timeout seen late: no news of the member
+)
+
+// classify says what a dial that failed with err after took, bounded by timeout, tells of the
+// member:
+//   - refused or reset: the process is gone or refusing, down at once (DialRefused);
+//   - a timeout or no route to the host or network: toward --health-fall (DialFailed);
+//   - a shortage of the gateway's own (descriptors, ports, buffers, memory), or a timeout seen
+//     more than half the timeout after its deadline (the gateway was not scheduled): nothing,
+//     localShortage or seenLate.
+func classify(err error, took, timeout time.Duration) health.Evidence {
+	switch {
+	case health.LocalShortage(err):
+		return localShortage
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET):
+		return health.DialRefused
+	case isTimeout(err) && health.ObservedLate(time.Time{}.Add(timeout), time.Time{}.Add(took), timeout):
+		return seenLate
+	default: // a timeout, EHOSTUNREACH, ENETUNREACH or anything else the member may have caused
+		return health.DialFailed
 	}
-	if err == nil {
-		return c.(*net.TCPConn), nil
-	}
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	if health.LocalShortage(err) {
-		return nil, fmt.Errorf("dial %s: %w", ep, err)
-	}
-	if !lastResort {
-		d.reports.Offer(health.Report{Endpoint: ep, State: health.Down, Reason: err.Error(), FromDial: true})
-	}
-	return nil, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)
 }
 
 // waitUntil returns the latest snapshot once ready accepts it, or when the dial timeout has

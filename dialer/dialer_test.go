@@ -169,7 +169,7 @@ func TestNothingHealthyReprobesAndHoldsTheClient(t *testing.T) {
 	f := start(t, 2*time.Second, time.Hour, closed, good.Addr())
 	waitFor(t, "the closed port to be down", func() bool { return len(f.table.Load().Available()) == 1 })
 	// A failed dial marks the good one down too: nothing is in rotation.
-	f.reports <- health.Report{Endpoint: mustEndpoint(t, good.Addr()), State: health.Down, Reason: "test", FromDial: true}
+	f.reports <- health.Report{Endpoint: mustEndpoint(t, good.Addr()), Evidence: health.DialRefused, State: health.Down, Reason: "test"}
 	waitFor(t, "no endpoint in rotation", func() bool { return len(f.table.Load().Available()) == 0 })
 
 	began := time.Now()
@@ -228,7 +228,7 @@ func TestPriorityTiers(t *testing.T) {
 			t.Fatalf("connection %d went to %q while a priority-0 endpoint was available", i, name)
 		}
 	}
-	f.reports <- health.Report{Endpoint: eps[0], State: health.Down, Reason: "test: primary down", FromDial: true}
+	f.reports <- health.Report{Endpoint: eps[0], Evidence: health.DialRefused, State: health.Down, Reason: "test: primary down"}
 	waitFor(t, "the primary to be unavailable", func() bool { return len(f.table.Load().Available()) == 1 })
 	for i := range 10 {
 		if name := greeting(t, f.dialer); name != "backup" {

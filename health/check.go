@@ -50,11 +50,12 @@ type checker struct {
 	timeout time.Duration
 	client  *http.Client
 	dialer  net.Dialer
-	tls     *tls.Config // nil for a plain member
+	tls     *tls.Config      // nil for a plain member
+	now     func() time.Time // the clock that judges whether a timeout was seen late
 }
 
 func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg TLSConfig) *checker {
-	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}}
+	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}, now: time.Now}
 	transport := &http.Transport{
 		DialContext:         c.dialer.DialContext,
 		MaxIdleConnsPerHost: 2, // the readiness and the liveness request
@@ -113,11 +114,15 @@ func (c *checker) check(ctx context.Context) (State, string) {
 }
 
 func (c *checker) checkTCP(ctx context.Context) (State, string) {
+	deadline := c.now().Add(c.timeout)
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	conn, err := c.dialer.DialContext(ctx, "tcp", c.ep.Addr())
 	if LocalShortage(err) {
 		return noVerdict, err.Error()
+	}
+	if err != nil && isTimeout(err) && ObservedLate(deadline, c.now(), c.timeout) {
+		return tooLate, errLate.Error()
 	}
 	if err != nil {
 		return Down, err.Error()
@@ -134,6 +139,7 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 	if c.mode == CheckHealth {
 		path, live = "/health", "/health?serializable=true"
 	}
+	deadline := c.now().Add(c.timeout)
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	liveness := make(chan probeAnswer, 1)
@@ -151,6 +157,8 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 			return noVerdict, err.Error(), answered
 		case errors.As(err, &untrusted):
 			return Down, untrusted.Error(), answered
+		case isTimeout(err) && ObservedLate(deadline, c.now(), c.timeout):
+			return tooLate, errLate.Error(), answered
 		case dialError(err) != nil:
 			return Down, dialError(err).Err.Error(), answered
 		case isTimeout(err):

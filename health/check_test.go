@@ -143,52 +143,6 @@ func TestCheckTLSMemberWithClientCertificate(t *testing.T) {
 	}
 }
 
-// The prober applies rise and fall: a state changes only after that many results in a row.
-func TestProberRiseAndFall(t *testing.T) {
-	var ready atomic.Bool
-	ready.Store(true)
-	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": func(w http.ResponseWriter, _ *http.Request) {
-		if ready.Load() {
-			answer(200, "ok\n")(w, nil)
-			return
-		}
-		answer(503, "[-]linearizable_read failed: no leader\n")(w, nil)
-	}}, nil)
-	out := NewReports(4)
-	table := NewTable()
-	table.store(NewSnapshot([]resolver.Endpoint{ep}, []State{Healthy}))
-	p := &Prober{
-		ep: ep, state: Healthy, table: table, out: out, log: zap.NewNop(),
-		cfg:        ProbeConfig{Mode: CheckReadyz, Interval: 20 * time.Millisecond, Timeout: time.Second, RetryDelay: time.Hour, Rise: 2, Fall: 3},
-		markedDown: make(chan struct{}), now: make(chan struct{}),
-	}
-	runProber(t, p)
-	expect := func(want State, within time.Duration) {
-		t.Helper()
-		select {
-		case rep := <-out:
-			if rep.State != want {
-				t.Fatalf("report %s (%s), want %s", rep.State, rep.Reason, want)
-			}
-		case <-time.After(within):
-			t.Fatalf("no report of %s", want)
-		}
-	}
-	began := time.Now()
-	ready.Store(false)
-	expect(Degraded, defaultTestTimeout)
-	if took := time.Since(began); took < 2*p.cfg.Interval {
-		t.Errorf("degraded after %s: fewer than 3 failed probes", took)
-	}
-	ready.Store(true)
-	expect(Healthy, defaultTestTimeout)
-	select {
-	case rep := <-out:
-		t.Fatalf("unexpected report %v", rep)
-	case <-time.After(100 * time.Millisecond):
-	}
-}
-
 func TestParseCheckMode(t *testing.T) {
 	for _, s := range []string{"readyz", "health", "tcp"} {
 		if m, err := ParseCheckMode(s); err != nil || string(m) != s {
@@ -238,28 +192,26 @@ func TestHeartbeatsFindAFrozenMember(t *testing.T) {
 	}
 	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": stall, "/livez": stall, "/version": stall}, nil)
 	out := NewReports(4)
-	table := NewTable()
-	table.store(NewSnapshot([]resolver.Endpoint{ep}, []State{Healthy}))
-	table.AddClients(1) // heartbeats protect connected clients
-	p := &Prober{
-		ep: ep, state: Healthy, table: table, out: out, log: zap.NewNop(),
-		cfg: ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour, Rise: 1, Fall: 1,
-			Heartbeat: 50 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond},
-		markedDown: make(chan struct{}), now: make(chan struct{}),
-	}
+	activity := NewActivity()
+	activity.AddClients(1) // heartbeats protect connected clients
+	p := newTestProber(ep, activity, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
+		Rise: 1, Fall: 1, Heartbeat: 50 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond})
 	runProber(t, p)
-	time.Sleep(300 * time.Millisecond) // healthy heartbeats change nothing
+	if rep := <-out; rep.Evidence != Probed || rep.State != Healthy {
+		t.Fatalf("first report %+v, want a healthy probe", rep)
+	}
+	quiet := time.NewTimer(300 * time.Millisecond) // healthy heartbeats report nothing
 	select {
 	case rep := <-out:
-		t.Fatalf("report %v while the member answers", rep)
-	default:
+		t.Fatalf("report %+v while the member answers", rep)
+	case <-quiet.C:
 	}
 	froze := time.Now()
 	frozen.Store(true)
 	select {
 	case rep := <-out:
-		if rep.State != Down || !strings.Contains(rep.Reason, "heartbeat") {
-			t.Fatalf("report %v, want down by heartbeat", rep)
+		if rep.Evidence != HeartbeatsLost || rep.State != Down || !strings.Contains(rep.Reason, "heartbeat") {
+			t.Fatalf("report %+v, want heartbeats lost", rep)
 		}
 		if took := time.Since(froze); took > 500*time.Millisecond {
 			t.Errorf("down after %s with 50 ms heartbeats", took)
@@ -267,6 +219,15 @@ func TestHeartbeatsFindAFrozenMember(t *testing.T) {
 	case <-time.After(defaultTestTimeout):
 		t.Fatal("the frozen member was never reported down; the probe interval is an hour")
 	}
+}
+
+// newTestProber returns a Prober of ep, alone in a Table that holds it healthy, reporting to
+// out.
+func newTestProber(ep resolver.Endpoint, activity *Activity, out Reports, cfg ProbeConfig) *Prober {
+	table := NewTable()
+	table.store(NewSnapshot([]resolver.Endpoint{ep}, []State{Healthy}, nil))
+	return &Prober{ep: ep, table: table, activity: activity, out: out, log: zap.NewNop(), cfg: cfg,
+		probeNow: make(chan struct{}), now: time.Now}
 }
 
 // runProber serves p until the test ends.
@@ -294,32 +255,32 @@ func TestHeartbeatsOnlyWhileClientsAreConnected(t *testing.T) {
 		}
 	}
 	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": count(&probes), "/livez": answer(200, "ok\n"), "/version": count(&beats)}, nil)
-	table := NewTable()
-	table.store(NewSnapshot([]resolver.Endpoint{ep}, []State{Healthy}))
-	p := &Prober{
-		ep: ep, state: Healthy, table: table, out: NewReports(4), log: zap.NewNop(),
-		cfg: ProbeConfig{Mode: CheckReadyz, Interval: time.Second, Timeout: time.Second, RetryDelay: time.Hour, Rise: 1, Fall: 1,
-			Heartbeat: 10 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond},
-		markedDown: make(chan struct{}), now: make(chan struct{}),
-	}
+	activity := NewActivity()
+	out := make(Reports, 64)
+	p := newTestProber(ep, activity, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
+		Rise: 1, Fall: 1, Heartbeat: 10 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond})
 	runProber(t, p)
-	time.Sleep(300 * time.Millisecond)
+	<-out                                         // the first probe
+	idle := time.NewTimer(300 * time.Millisecond) // 30 heartbeat periods
+	<-idle.C
 	if n := beats.Load(); n != 0 {
 		t.Fatalf("%d heartbeats with no client connected, want none", n)
 	}
+	activity.AddClients(1)
+	if !testnet.Eventually(defaultTestTimeout, func() bool { return beats.Load() >= 3 }) {
+		t.Fatalf("%d heartbeats after a client connected, want them to resume", beats.Load())
+	}
 	if n := probes.Load(); n != 1 {
-		t.Fatalf("%d probes in the first 300ms at a 1s interval, want the first one", n)
+		t.Fatalf("%d probes at a 1h interval, want only the first one: heartbeats resumed by themselves, not after a probe", n)
 	}
-	table.AddClients(1)
-	time.Sleep(100 * time.Millisecond) // long before the next probe is due
-	if n := beats.Load(); n < 3 {
-		t.Fatalf("%d heartbeats in the 100ms after a client connected, want them to resume at once, every 10ms", n)
-	}
-	table.AddClients(-1)
-	time.Sleep(200 * time.Millisecond) // the current wait may still beat
-	before := beats.Load()
-	time.Sleep(300 * time.Millisecond)
-	if n := beats.Load() - before; n != 0 {
-		t.Fatalf("%d heartbeats after the last client left, want none", n)
+	activity.AddClients(-1)
+	// The wait in progress may still beat once; then they stop.
+	if !testnet.Eventually(defaultTestTimeout, func() bool {
+		before := beats.Load()
+		settle := time.NewTimer(100 * time.Millisecond)
+		<-settle.C
+		return beats.Load() == before
+	}) {
+		t.Fatal("heartbeats go on after the last client left")
 	}
 }

@@ -26,11 +26,19 @@ type heartbeater struct {
 	dialer net.Dialer
 	conn   net.Conn
 	r      *bufio.Reader
+	now    func() time.Time // the clock that judges whether a timeout was seen late
 }
 
 func newHeartbeater(addr string, tlsConfig *tls.Config) *heartbeater {
-	return &heartbeater{addr: addr, tls: tlsConfig}
+	return &heartbeater{addr: addr, tls: tlsConfig, now: time.Now}
 }
+
+// errLate is a timeout the gateway saw so long after its deadline that it was not scheduled in
+// time: it says nothing about the member.
+var errLate = errors.New("timed out, but seen long after the deadline: the gateway was not scheduled; not counted")
+
+// isLate reports whether err is a timeout seen late.
+func isLate(err error) bool { return errors.Is(err, errLate) }
 
 // close drops the kept-alive connection.
 func (h *heartbeater) close() {
@@ -41,10 +49,10 @@ func (h *heartbeater) close() {
 }
 
 // beat sends one heartbeat and waits up to timeout for the answer. Any HTTP answer counts;
-// only silence or a refused connection is an error. A kept-alive connection that the member
-// closed is replaced once within the same timeout.
+// only silence or a refused connection is an error, and a timeout seen late is errLate. A
+// kept-alive connection that the member closed is replaced once within the same timeout.
 func (h *heartbeater) beat(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
+	deadline := h.now().Add(timeout)
 	fresh := h.conn == nil
 	err := h.exchange(ctx, deadline)
 	if err != nil && !fresh && !isTimeout(err) && dialError(err) == nil {
@@ -53,6 +61,8 @@ func (h *heartbeater) beat(ctx context.Context, timeout time.Duration) error {
 	switch {
 	case err == nil:
 		return nil
+	case isTimeout(err) && ObservedLate(deadline, h.now(), timeout):
+		return errLate
 	case isTimeout(err):
 		return fmt.Errorf("no answer to heartbeats (GET /version) within %s", timeout)
 	case dialError(err) != nil:

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"slices"
+	"time"
 
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
@@ -10,17 +11,28 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
+// reprobeGap is the shortest time between two probes of one member asked for by arriving
+// clients while none is healthy: at most 4 a second, however many clients arrive, so that a
+// cluster that has just lost quorum is not flooded with /readyz from every host's gateway.
+const reprobeGap = 250 * time.Millisecond
+
 // Manager is the single writer of the Table. It follows the resolver's latest endpoint set,
 // runs one Prober per endpoint in a supervisor of its own, and turns Reports from the dialer
-// and the probers into new Snapshots, logging each transition once.
+// and the probers into new Snapshots, logging each transition once. It alone counts rise and
+// fall, so a restarted prober cannot hold a stale state.
 type Manager struct {
 	table      *Table
 	updates    *resolver.Updates
 	reports    Reports
 	reprobe    Reprobe
+	activity   *Activity
 	probe      ProbeConfig
 	proberSpec suture.Spec
 	log        *zap.Logger
+	now        func() time.Time
+	gen        uint64 // generation of the last prober started, across restarts
+	// wrapProber wraps every prober the Manager starts: the identity, but tests inject faults.
+	wrapProber func(suture.Service) suture.Service
 }
 
 var _ suture.Service = (*Manager)(nil)
@@ -31,6 +43,7 @@ type ManagerConfig struct {
 	Updates    *resolver.Updates
 	Reports    Reports
 	Reprobe    Reprobe
+	Activity   *Activity // the forwarded connections; nil: heartbeats never run
 	Probe      ProbeConfig
 	ProberSpec suture.Spec // spec of the supervisor that runs the probers
 	Log        *zap.Logger
@@ -38,14 +51,21 @@ type ManagerConfig struct {
 
 // NewManager returns a Manager for cfg.
 func NewManager(cfg ManagerConfig) *Manager {
+	activity := cfg.Activity
+	if activity == nil {
+		activity = NewActivity()
+	}
 	return &Manager{
 		table:      cfg.Table,
 		updates:    cfg.Updates,
 		reports:    cfg.Reports,
 		reprobe:    cfg.Reprobe,
+		activity:   activity,
 		probe:      cfg.Probe,
 		proberSpec: cfg.ProberSpec,
 		log:        cfg.Log.Named("health"),
+		now:        time.Now,
+		wrapProber: func(s suture.Service) suture.Service { return s },
 	}
 }
 
@@ -54,11 +74,14 @@ func (m *Manager) String() string { return "health/manager" }
 
 // member is the Manager's per-run state of one endpoint.
 type member struct {
-	state      State
-	reason     string        // why it is not healthy
-	markedDown chan struct{} // tells the prober a dial failed
-	now        chan struct{} // asks the prober to probe at once
-	token      suture.ServiceToken
+	ep       resolver.Endpoint
+	state    State
+	reason   string // why it is not healthy
+	streak   streak
+	gen      uint64        // of its current prober
+	probeNow chan struct{} // asks the prober to probe at once
+	asked    time.Time     // when a probe was last asked for on a client's behalf
+	token    suture.ServiceToken
 }
 
 // run is the state of one Serve call; a restarted Manager starts a new run from the Table.
@@ -66,7 +89,10 @@ type run struct {
 	m       *Manager
 	probers *suture.Supervisor
 	set     []resolver.Endpoint
-	members map[resolver.Endpoint]*member
+	members map[resolver.HostPort]*member
+	// reprobeLater fires when members skipped by a re-probe (asked too recently) may be
+	// asked again; nil when none waits.
+	reprobeLater *time.Timer
 }
 
 // Serve follows endpoint sets and reports until ctx ends.
@@ -74,19 +100,26 @@ func (m *Manager) Serve(ctx context.Context) error {
 	r := &run{
 		m:       m,
 		probers: suture.New("probers", m.proberSpec),
-		members: make(map[resolver.Endpoint]*member),
+		members: make(map[resolver.HostPort]*member),
 	}
 	proberCtx, stopProbers := context.WithCancel(ctx)
 	probersDone := r.probers.ServeBackground(proberCtx)
 	defer func() {
 		stopProbers()
 		<-probersDone
+		if r.reprobeLater != nil {
+			r.reprobeLater.Stop()
+		}
 	}()
 
 	if set, ok := m.updates.Latest(); ok {
 		r.follow(set)
 	}
 	for {
+		var later <-chan time.Time
+		if r.reprobeLater != nil {
+			later = r.reprobeLater.C
+		}
 		select {
 		case <-m.updates.Kicked():
 			set, _ := m.updates.Latest()
@@ -94,87 +127,157 @@ func (m *Manager) Serve(ctx context.Context) error {
 		case rep := <-m.reports:
 			r.record(rep)
 		case <-m.reprobe:
-			for _, mb := range r.members {
-				signal(mb.now)
-			}
+			r.reprobeAll()
+		case <-later:
+			r.reprobeLater = nil
+			r.reprobeAll()
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// follow makes set the current endpoint set. A new endpoint starts healthy, so clients are
+// follow makes set the current endpoint set. A new address starts healthy, so clients are
 // served at once, and is probed at once; a known one keeps the state the Table holds, so that
-// a restarted Manager keeps what the last one learnt.
+// a restarted Manager keeps what the last one learnt, and so that a change of SRV weight or
+// priority keeps the member's state.
 func (r *run) follow(set []resolver.Endpoint) {
 	if slices.Equal(set, r.set) {
 		return
 	}
 	prev := r.m.table.Load()
-	keep := make(map[resolver.Endpoint]bool, len(set))
+	keep := make(map[resolver.HostPort]bool, len(set))
 	for _, ep := range set {
-		keep[ep] = true
+		keep[ep.HostPort()] = true
 	}
-	for ep, mb := range r.members {
-		if !keep[ep] {
+	for hp, mb := range r.members {
+		if !keep[hp] {
 			_ = r.probers.Remove(mb.token) // fails only once the probers are stopping
-			delete(r.members, ep)
-			r.m.table.forgetProbes(ep)
+			delete(r.members, hp)
+			r.m.table.forgetProbes(hp)
 		}
 	}
 	for _, ep := range set {
-		if r.members[ep] != nil {
-			continue
+		hp := ep.HostPort()
+		mb := r.members[hp]
+		switch {
+		case mb == nil:
+			state, known := prev.State(ep)
+			if !known {
+				state = Healthy
+			}
+			mb = &member{ep: ep, state: state, reason: prev.Reason(ep), probeNow: make(chan struct{}, 1)}
+			r.members[hp] = mb
+			r.startProber(mb)
+		case mb.ep.TLS != ep.TLS || mb.ep.Target != ep.Target:
+			// It is probed differently now: a new prober, the same state.
+			_ = r.probers.Remove(mb.token)
+			mb.ep = ep
+			r.startProber(mb)
+		default:
+			mb.ep = ep // a new weight or priority: nothing else changes
 		}
-		state, known := prev.State(ep)
-		if !known {
-			state = Healthy
-		}
-		mb := &member{state: state, reason: prev.Reason(ep), markedDown: make(chan struct{}, 1), now: make(chan struct{}, 1)}
-		mb.token = r.probers.Add(&Prober{
-			ep: ep, cfg: r.m.probe, state: state, table: r.m.table,
-			markedDown: mb.markedDown, now: mb.now, out: r.m.reports,
-			log: r.m.log.With(zap.Stringer("endpoint", ep)),
-		})
-		r.members[ep] = mb
 	}
 	r.set = slices.Clone(set)
 	r.m.log.Info("endpoint set changed", zap.Stringers("endpoints", set))
 	r.publish()
 }
 
+// startProber starts a prober of a new generation for mb.
+func (r *run) startProber(mb *member) {
+	r.m.gen++
+	mb.gen = r.m.gen
+	mb.token = r.probers.Add(r.m.wrapProber(&Prober{
+		ep: mb.ep, gen: mb.gen, cfg: r.m.probe, table: r.m.table, activity: r.m.activity,
+		probeNow: mb.probeNow, out: r.m.reports, now: time.Now,
+		log: r.m.log.With(zap.Stringer("endpoint", mb.ep)),
+	}))
+}
+
 // record applies one Report; only a change of state is logged and published.
 func (r *run) record(rep Report) {
-	mb := r.members[rep.Endpoint]
-	if mb == nil || mb.state == rep.State {
+	hp := rep.Endpoint.HostPort()
+	mb := r.members[hp]
+	if mb == nil || rep.Gen != 0 && rep.Gen != mb.gen {
+		return // an endpoint removed since, or a prober replaced since
+	}
+	next := mb.state
+	switch rep.Evidence {
+	case Probed:
+		r.m.table.recordProbe(hp, Probe{At: rep.At, Result: rep.State, Reason: rep.Reason})
+		next = mb.streak.observe(mb.state, rep.State, r.m.probe.Rise, r.m.probe.Fall)
+	case HeartbeatsLost, DialRefused:
+		next = Down
+		mb.streak.reset()
+	case DialFailed:
+		next = mb.streak.observe(mb.state, Down, r.m.probe.Rise, r.m.probe.Fall)
+		r.askProbe(mb, true)
+	}
+	if next == mb.state {
+		if next != Healthy && rep.Evidence == Probed && rep.State == next {
+			mb.reason = rep.Reason // keep the latest word on why, without a new snapshot
+		}
 		return
 	}
 	old := mb.state
-	mb.state, mb.reason = rep.State, rep.Reason
+	mb.state, mb.reason = next, rep.Reason
 	r.m.log.Info("endpoint state changed",
 		zap.Stringer("endpoint", rep.Endpoint),
 		zap.Stringer("from", old),
-		zap.Stringer("to", rep.State),
+		zap.Stringer("to", next),
 		zap.String("reason", rep.Reason),
-		zap.Bool("failed_dial", rep.FromDial))
-	if rep.FromDial {
-		signal(mb.markedDown)
-	}
+		zap.Stringer("evidence", rep.Evidence))
 	r.publish()
 }
 
-// publish stores a Snapshot of the current state.
+// reprobeAll asks every member's prober to probe at once, except the members asked less than
+// reprobeGap ago: those are asked when the gap has passed.
+func (r *run) reprobeAll() {
+	var wait time.Duration
+	for _, mb := range r.members {
+		if !r.askProbe(mb, false) {
+			wait = max(wait, reprobeGap-r.m.now().Sub(mb.asked))
+		}
+	}
+	if wait > 0 && r.reprobeLater == nil {
+		r.reprobeLater = time.NewTimer(wait)
+	}
+}
+
+// askProbe asks mb's prober to probe at once, unless it was asked less than reprobeGap ago;
+// force asks regardless (a failed dial is news about this member alone). It reports whether it
+// asked.
+func (r *run) askProbe(mb *member, force bool) bool {
+	now := r.m.now()
+	if !force && now.Sub(mb.asked) < reprobeGap {
+		return false
+	}
+	mb.asked = now
+	signal(mb.probeNow)
+	return true
+}
+
+// publish stores a Snapshot of the current state, and logs once when the rotation gets worse
+// or recovers.
 func (r *run) publish() {
 	states := make([]State, len(r.set))
 	reasons := make([]string, len(r.set))
 	for i, ep := range r.set {
-		states[i], reasons[i] = r.members[ep].state, r.members[ep].reason
+		mb := r.members[ep.HostPort()]
+		states[i], reasons[i] = mb.state, mb.reason
 	}
-	snap := NewSnapshot(r.set, states)
-	snap.reasons = reasons
-	if snap.HealthyCount() == 0 && len(r.set) > 0 && r.m.table.Load().HealthyCount() > 0 {
-		r.m.log.Warn("no endpoint healthy; using degraded endpoints, or trying every known one for each client",
-			zap.Int("known", len(r.set)), zap.Int("degraded", len(snap.Available())))
+	snap := NewSnapshot(r.set, states, reasons)
+	if was, is := r.m.table.Load().Rotation(), snap.Rotation(); was != is && was != RotationNone {
+		switch is {
+		case RotationDegraded:
+			r.m.log.Warn("no endpoint healthy; serving from the degraded ones",
+				zap.Int("known", len(r.set)), zap.Int("degraded", len(snap.Available())))
+		case RotationLastResort:
+			r.m.log.Warn("no endpoint healthy or degraded; serving from whatever answers, and closing no connection",
+				zap.Int("known", len(r.set)))
+		case RotationHealthy:
+			r.m.log.Info("serving from healthy endpoints again", zap.Int("healthy", snap.HealthyCount()))
+		}
 	}
 	r.m.table.store(snap)
 }

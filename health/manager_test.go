@@ -24,16 +24,21 @@ type managerFixture struct {
 	table   *Table
 	updates *resolver.Updates
 	reports Reports
+	reprobe Reprobe
 	logs    *observer.ObservedLogs
 	m       *Manager
 }
 
 func newManagerFixture(retryDelay time.Duration) *managerFixture {
+	return newManagerFixtureProbing(ProbeConfig{Mode: CheckTCP, Interval: time.Hour, Timeout: time.Second, RetryDelay: retryDelay, Rise: 1, Fall: 1})
+}
+
+func newManagerFixtureProbing(probe ProbeConfig) *managerFixture {
 	core, logs := observer.New(zap.DebugLevel)
-	f := &managerFixture{table: NewTable(), updates: resolver.NewUpdates(), reports: NewReports(16), logs: logs}
+	f := &managerFixture{table: NewTable(), updates: resolver.NewUpdates(), reports: NewReports(16), reprobe: NewReprobe(), logs: logs}
 	f.m = NewManager(ManagerConfig{
-		Table: f.table, Updates: f.updates, Reports: f.reports, Reprobe: NewReprobe(),
-		Probe: ProbeConfig{Mode: CheckTCP, Interval: time.Hour, Timeout: time.Second, RetryDelay: retryDelay, Rise: 1, Fall: 1},
+		Table: f.table, Updates: f.updates, Reports: f.reports, Reprobe: f.reprobe,
+		Probe: probe,
 		Log:   zap.New(core),
 	})
 	return f
@@ -125,7 +130,7 @@ func TestManagerFailedEndpointComesBackThroughItsProber(t *testing.T) {
 	ln.Close()
 
 	for range 3 {
-		f.reports <- Report{Endpoint: down, State: Down, Reason: "connection refused", FromDial: true}
+		f.reports <- Report{Endpoint: down, Evidence: DialRefused, State: Down, Reason: "connection refused"}
 	}
 	f.waitAvailable(t, other)
 	time.Sleep(3 * retryDelay) // probes fail while nothing listens
@@ -181,7 +186,7 @@ func TestManagerRestartKeepsState(t *testing.T) {
 
 func TestSnapshotCopiesAndSignalsChange(t *testing.T) {
 	known := []resolver.Endpoint{{Host: "a", Port: 1}}
-	s := NewSnapshot(known, []State{Healthy})
+	s := NewSnapshot(known, []State{Healthy}, nil)
 	known[0].Port = 2
 	if s.Known()[0].Port != 1 || s.Available()[0].Port != 1 {
 		t.Fatal("snapshot shares the caller's slice")

@@ -21,9 +21,9 @@ type ProbeConfig struct {
 	TLS        TLSConfig     // for members found through _etcd-client-ssl
 	// Heartbeat is the period of the liveness heartbeat between two probes of a member that is
 	// not down (GET /version, which costs etcd no storage access), sent while the gateway
-	// forwards any connection; 0 turns it off. Two
-	// heartbeats in a row without an answer within HeartbeatTimeout make the member down, so
-	// that a frozen member leaves rotation well within the probe interval.
+	// forwards any connection; 0 turns it off. Two heartbeats in a row without an answer within
+	// HeartbeatTimeout make the member down, so that a frozen member leaves rotation well
+	// within the probe interval.
 	Heartbeat        time.Duration
 	HeartbeatTimeout time.Duration
 }
@@ -31,19 +31,25 @@ type ProbeConfig struct {
 // heartbeatMisses is how many heartbeats in a row must go unanswered.
 const heartbeatMisses = 2
 
-// Prober probes one endpoint and reports changes of its state to the Manager. A down endpoint
-// is probed every retry delay while others are healthy, and every interval while none is, so
-// the gateway serves again as soon as any member is back. It is a suture service, restarted
-// with the state the Manager holds.
+// lateRetries bounds the probes retried at once because the gateway saw their timeout late;
+// after that many in a row the prober waits its interval as usual.
+const lateRetries = 3
+
+// Prober probes one endpoint and reports every verdict to the Manager, which alone decides the
+// endpoint's state. A down endpoint is probed every retry delay while others are healthy, and
+// every interval while none is, so the gateway serves again as soon as any member is back. It
+// is a suture service and keeps no state across restarts: it reads the endpoint's state from
+// the Table, which the Manager writes.
 type Prober struct {
-	ep         resolver.Endpoint
-	cfg        ProbeConfig
-	state      State           // the state the Manager holds when the prober starts
-	table      *Table          // read to know whether other endpoints are healthy
-	markedDown <-chan struct{} // the Manager marked the endpoint down after a failed dial
-	now        <-chan struct{} // probe at once
-	out        Reports
-	log        *zap.Logger
+	ep       resolver.Endpoint
+	gen      uint64 // the Manager's generation of this prober, sent with every report
+	cfg      ProbeConfig
+	table    *Table
+	activity *Activity
+	probeNow <-chan struct{} // probe at once
+	out      Reports
+	log      *zap.Logger
+	now      func() time.Time
 }
 
 var _ suture.Service = (*Prober)(nil)
@@ -54,119 +60,112 @@ func (p *Prober) String() string { return "prober/" + p.ep.String() }
 // Serve probes until ctx ends.
 func (p *Prober) Serve(ctx context.Context) error {
 	chk := newChecker(p.ep, p.cfg.Mode, p.cfg.Timeout, p.cfg.TLS)
+	chk.now = p.now
 	defer chk.close()
 	hb := newHeartbeater(p.ep.Addr(), chk.tls)
+	hb.now = p.now
 	defer hb.close()
-	state := p.state
-	var pending State // the result being counted toward a change
-	streak := 0
+	late := 0
 	for {
-		began := time.Now()
+		began := p.now()
 		got, reason := chk.check(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		p.table.recordProbe(p.ep, Probe{At: began, Result: got, Reason: reason})
 		if ce := p.log.Check(zap.DebugLevel, "probed"); ce != nil {
 			ce.Write(zap.Stringer("state", got), zap.String("reason", reason))
 		}
-		switch got {
-		case noVerdict: // the gateway could not ask; the accept loop logs its shortage
-		case state:
-			streak = 0
-		default:
-			if got != pending || streak == 0 {
-				pending, streak = got, 0
-			}
-			streak++
-			need := p.cfg.Rise
-			if got < state {
-				need = p.cfg.Fall
-			}
-			if streak >= need {
-				state, streak = got, 0
-				select {
-				case p.out <- Report{Endpoint: p.ep, State: got, Reason: reason}:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-		}
-		next, reason, err := p.wait(ctx, chk, hb, began, state)
-		if err != nil {
+		if err := p.send(ctx, Report{Endpoint: p.ep, Evidence: Probed, State: got, Reason: reason, At: began}); err != nil {
 			return err
 		}
-		if next == Down && state != Down && reason != "" {
-			select {
-			case p.out <- Report{Endpoint: p.ep, State: Down, Reason: reason}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		if got == tooLate && late < lateRetries {
+			late++
+			continue
 		}
-		state = next
-		if state == Down {
-			streak = 0
+		late = 0
+		if err := p.wait(ctx, hb, began); err != nil {
+			return err
 		}
 	}
 }
 
-// wait sleeps until the next probe is due, sending heartbeats meanwhile. It returns early when
-// asked to probe at once, when the Manager marks the endpoint down, or when heartbeats go
-// unanswered; then it returns Down, with the reason when the heartbeats found it.
-func (p *Prober) wait(ctx context.Context, chk *checker, hb *heartbeater, began time.Time, state State) (State, string, error) {
+// send hands rep to the Manager.
+func (p *Prober) send(ctx context.Context, rep Report) error {
+	rep.Gen = p.gen
+	select {
+	case p.out <- rep:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// wait sleeps until the next probe is due, sending heartbeats meanwhile while the member is not
+// down and clients are connected. It returns early when asked to probe at once, or after
+// reporting heartbeats lost, so that a probe follows at once.
+func (p *Prober) wait(ctx context.Context, hb *heartbeater, began time.Time) error {
 	misses := 0
+	confirm := false // the last heartbeat was missed, or seen too late: beat again at once
 	for {
 		snap := p.table.Load()
+		state, _ := snap.State(p.ep)
 		every := p.cfg.Interval
 		if state == Down && snap.HealthyCount() > 0 {
 			every = p.cfg.RetryDelay
 		}
-		left := time.Until(began.Add(every))
+		left := began.Add(every).Sub(p.now())
 		if left <= 0 {
-			return state, "", nil
+			return nil
 		}
-		canBeat := p.cfg.Heartbeat > 0 && state != Down && chk.mode != CheckTCP
+		canBeat := p.cfg.Heartbeat > 0 && state != Down && p.cfg.Mode != CheckTCP
 		var arrives <-chan struct{} // the first client after none: heartbeats resume at once
 		if canBeat {
-			arrives = p.table.clientArrives() // taken before the count, so no arrival slips between
+			arrives = p.activity.clientArrives() // taken before the count, so no arrival slips between
 		}
-		beat := canBeat && p.table.hasClients()
+		beat := canBeat && p.activity.hasClients()
 		if beat {
 			arrives = nil
 		}
 		sleep := left
 		if beat {
 			sleep = min(left, p.cfg.Heartbeat)
-			if misses > 0 {
-				sleep = 0 // confirm a missed heartbeat at once
+			if confirm {
+				sleep = 0
 			}
 		}
 		t := time.NewTimer(sleep)
 		select {
 		case <-t.C:
 			if !beat || sleep == left {
-				return state, "", nil
+				return nil
 			}
-			if err := hb.beat(ctx, p.cfg.HeartbeatTimeout); err == nil {
+			confirm = false
+			err := hb.beat(ctx, p.cfg.HeartbeatTimeout)
+			switch {
+			case err == nil:
 				misses = 0
-			} else if LocalShortage(err) {
-				continue // the gateway could not ask: no news of the member
-			} else if misses++; misses >= heartbeatMisses {
-				return Down, err.Error(), nil
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case LocalShortage(err):
+				// The gateway could not ask: no news of the member. Wait a whole period.
+			case isLate(err):
+				confirm = true // not counted: ask again at once
+			default:
+				if misses++; misses >= heartbeatMisses {
+					return p.send(ctx, Report{Endpoint: p.ep, Evidence: HeartbeatsLost, State: Down, Reason: err.Error()})
+				}
+				confirm = true
 			}
-		case <-p.now:
+		case <-p.probeNow:
 			t.Stop()
-			return state, "", nil
-		case <-p.markedDown:
-			t.Stop()
-			state = Down
+			return nil
 		case <-snap.Changed():
 			t.Stop()
 		case <-arrives:
 			t.Stop()
 		case <-ctx.Done():
 			t.Stop()
-			return state, "", ctx.Err()
+			return ctx.Err()
 		}
 	}
 }
@@ -176,5 +175,10 @@ func (p *Prober) wait(ctx context.Context, chk *checker, hb *heartbeater, began 
 func ProbeOnce(ctx context.Context, ep resolver.Endpoint, cfg ProbeConfig) (State, string) {
 	chk := newChecker(ep, cfg.Mode, cfg.Timeout, cfg.TLS)
 	defer chk.close()
+	for range lateRetries {
+		if st, reason := chk.check(ctx); st != tooLate {
+			return st, reason
+		}
+	}
 	return chk.check(ctx)
 }

@@ -1,13 +1,53 @@
 package health
 
-import "github.com/etcd-gateway/etcd-gateway/resolver"
+import (
+	"time"
+
+	"github.com/etcd-gateway/etcd-gateway/resolver"
+)
+
+// Evidence is what a Report found out, and so how much it weighs.
+type Evidence int8
+
+// The kinds of evidence about a member.
+const (
+	// Probed: a probe's verdict; it counts toward --health-rise or --health-fall.
+	Probed Evidence = iota
+	// HeartbeatsLost: the member's process stopped answering heartbeats; it is down at once.
+	HeartbeatsLost
+	// DialRefused: a client's connection was refused or reset; the process is gone or
+	// refusing, and the member is down at once.
+	DialRefused
+	// DialFailed: a client's connection timed out or found no route; it counts toward
+	// --health-fall and asks for a probe at once, which says more.
+	DialFailed
+)
+
+func (e Evidence) String() string {
+	switch e {
+	case Probed:
+		return "probe"
+	case HeartbeatsLost:
+		return "heartbeats"
+	case DialRefused:
+		return "dial refused"
+	case DialFailed:
+		return "dial failed"
+	default:
+		return "unknown"
+	}
+}
 
 // Report tells the Manager what a dial or a probe found out about one endpoint.
 type Report struct {
 	Endpoint resolver.Endpoint
-	State    State
-	Reason   string // why it is not healthy; empty when healthy
-	FromDial bool   // a client's dial failed, as opposed to a probe's verdict
+	Evidence Evidence
+	State    State     // what the evidence says; Down for every kind but Probed
+	Reason   string    // why it is not healthy; empty when healthy
+	At       time.Time // when the probe began; Probed only
+	// Gen is the generation of the prober that sent it; the Manager drops a report of a
+	// prober it has since replaced. 0 for the dialer's reports, which any generation takes.
+	Gen uint64
 }
 
 // Reports carries Reports to the Manager. It is created once by the supervisor and outlives
@@ -28,7 +68,8 @@ func (r Reports) Offer(rep Report) {
 }
 
 // Reprobe asks the Manager to probe every endpoint at once; the dialer uses it when no
-// endpoint is healthy. Its capacity of one coalesces requests.
+// endpoint is healthy. Its capacity of one coalesces requests, and the Manager probes each
+// member at most reprobeRate times a second however often it is asked.
 type Reprobe chan struct{}
 
 // NewReprobe returns a Reprobe channel.

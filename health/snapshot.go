@@ -10,41 +10,43 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
-// Snapshot is one immutable view of the endpoints: every known endpoint with its state, and
-// the ones in rotation for new connections: the healthy ones, or the degraded ones while none
-// is healthy. Only its round-robin cursor changes. Readers must not modify the slices it
-// returns.
+// Snapshot is one immutable view of the endpoints: every known endpoint (one per address)
+// with its state and why, and the ones in rotation for new connections: the healthy ones, or
+// the degraded ones while none is healthy. It is complete when NewSnapshot returns; only its
+// round-robin cursor changes. Readers must not modify the slices it returns.
 type Snapshot struct {
 	known     []resolver.Endpoint
 	states    []State
-	reasons   []string // why known[i] is not healthy, as the Manager last learnt it
+	reasons   []string // why known[i] is not healthy
 	healthy   int
+	best      State
 	available []resolver.Endpoint
 	tiers     []Tier
 	cursor    atomic.Uint32
 	changed   chan struct{}
 }
 
-// NewSnapshot builds a Snapshot of known (sorted by priority) whose states[i] is the state of
-// known[i]. Its cursor starts at a random index so that gateways restarted together do not all
-// pick the same member first.
-func NewSnapshot(known []resolver.Endpoint, states []State) *Snapshot {
+// NewSnapshot builds a Snapshot of known (sorted by priority, one per address) whose states[i]
+// is the state of known[i] and reasons[i] why it is not healthy; reasons may be nil. Its cursor
+// starts at a random index so that gateways restarted together do not all pick the same member
+// first.
+func NewSnapshot(known []resolver.Endpoint, states []State, reasons []string) *Snapshot {
 	s := &Snapshot{
 		known:   slices.Clone(known),
 		states:  slices.Clone(states),
+		reasons: make([]string, len(known)),
+		best:    Down,
 		changed: make(chan struct{}),
 	}
+	copy(s.reasons, reasons)
 	for _, st := range states {
 		if st == Healthy {
 			s.healthy++
 		}
-	}
-	inRotation := Healthy
-	if s.healthy == 0 {
-		inRotation = Degraded
+		s.best = max(s.best, st)
 	}
 	for i, ep := range s.known {
-		if s.states[i] == inRotation {
+		if s.states[i] == s.best && s.best > Down {
 			s.available = append(s.available, ep)
 		}
 	}
@@ -56,20 +58,25 @@ func NewSnapshot(known []resolver.Endpoint, states []State) *Snapshot {
 // Known returns every endpoint of the current set, whatever its state.
 func (s *Snapshot) Known() []resolver.Endpoint { return s.known }
 
-// State returns the state of ep, and false when ep is not known.
+// index returns the position of ep's address in known, or -1.
+func (s *Snapshot) index(hp resolver.HostPort) int {
+	return slices.IndexFunc(s.known, func(k resolver.Endpoint) bool { return k.Host == hp.Host && k.Port == hp.Port })
+}
+
+// State returns the state of the endpoint at ep's address, and false when none is known there.
 func (s *Snapshot) State(ep resolver.Endpoint) (State, bool) {
-	i := slices.Index(s.known, ep)
+	i := s.index(ep.HostPort())
 	if i < 0 {
 		return Down, false
 	}
 	return s.states[i], true
 }
 
-// Reason returns why ep is in its state when it is not healthy: the last failed probe, dial or
-// heartbeat that changed it.
+// Reason returns why the endpoint at ep's address is in its state when it is not healthy: the
+// last failed probe, dial or heartbeat that changed it.
 func (s *Snapshot) Reason(ep resolver.Endpoint) string {
-	i := slices.Index(s.known, ep)
-	if i < 0 || i >= len(s.reasons) {
+	i := s.index(ep.HostPort())
+	if i < 0 {
 		return ""
 	}
 	return s.reasons[i]
@@ -77,6 +84,36 @@ func (s *Snapshot) Reason(ep resolver.Endpoint) string {
 
 // HealthyCount returns how many endpoints are healthy.
 func (s *Snapshot) HealthyCount() int { return s.healthy }
+
+// Best returns the best state of any known endpoint: Down when none is known.
+func (s *Snapshot) Best() State { return s.best }
+
+// Rotation says what new connections go to.
+type Rotation string
+
+// The rotations, from best to worst.
+const (
+	RotationHealthy  Rotation = "healthy"  // the healthy endpoints
+	RotationDegraded Rotation = "degraded" // none is healthy: the degraded ones
+	// RotationLastResort: none is healthy or degraded. Each client is tried on every known
+	// endpoint, the gateway serves from whatever answers, and no connection is evicted.
+	RotationLastResort Rotation = "last-resort"
+	RotationNone       Rotation = "none" // no endpoint is known yet
+)
+
+// Rotation returns what new connections go to.
+func (s *Snapshot) Rotation() Rotation {
+	switch {
+	case len(s.known) == 0:
+		return RotationNone
+	case s.best == Healthy:
+		return RotationHealthy
+	case s.best == Degraded:
+		return RotationDegraded
+	default:
+		return RotationLastResort
+	}
+}
 
 // Available returns the endpoints in rotation for new connections.
 func (s *Snapshot) Available() []resolver.Endpoint { return s.available }
@@ -91,43 +128,12 @@ func (s *Snapshot) Next() uint32 { return s.cursor.Add(1) }
 // Changed is closed when a newer Snapshot replaces this one.
 func (s *Snapshot) Changed() <-chan struct{} { return s.changed }
 
-// Table holds the current Snapshot. Load is safe from any goroutine; only the Manager stores.
-// It also keeps the last probe of every endpoint, which each Prober writes for its own.
+// Table holds the current Snapshot and the last probe of every endpoint. Its readers are on
+// any goroutine; its only writer is the Manager. Last probes are kept apart from the Snapshot:
+// a probe that changes no state must not wake everyone waiting for a change.
 type Table struct {
-	cur     atomic.Pointer[Snapshot]
-	probes  sync.Map     // resolver.Endpoint → *Probe
-	clients atomic.Int64 // connections being forwarded
-
-	arrivedMu sync.Mutex
-	arrived   chan struct{} // closed when the first client arrives; then replaced
-}
-
-// AddClients counts forwarded connections: +1 when one starts, -1 when it ends. Probers send
-// their liveness heartbeats only while there are some: with no client to protect, the
-// probes alone keep the state, and an idle gateway costs less. The first client after none
-// wakes the probers, so that heartbeats resume at once.
-func (t *Table) AddClients(delta int64) {
-	if t.clients.Add(delta) == delta && delta > 0 {
-		t.arrivedMu.Lock()
-		if t.arrived != nil {
-			close(t.arrived)
-			t.arrived = nil
-		}
-		t.arrivedMu.Unlock()
-	}
-}
-
-// hasClients reports whether any connection is being forwarded.
-func (t *Table) hasClients() bool { return t.clients.Load() > 0 }
-
-// clientArrives returns a channel closed when the next first client arrives.
-func (t *Table) clientArrives() <-chan struct{} {
-	t.arrivedMu.Lock()
-	defer t.arrivedMu.Unlock()
-	if t.arrived == nil {
-		t.arrived = make(chan struct{})
-	}
-	return t.arrived
+	cur    atomic.Pointer[Snapshot]
+	probes sync.Map // resolver.HostPort → *Probe
 }
 
 // Probe is the outcome of one probe of an endpoint.
@@ -137,23 +143,24 @@ type Probe struct {
 	Reason string // empty when healthy
 }
 
-// LastProbe returns the latest probe of ep, and false before its first one.
+// LastProbe returns the latest probe of the endpoint at ep's address, and false before its
+// first one.
 func (t *Table) LastProbe(ep resolver.Endpoint) (Probe, bool) {
-	v, ok := t.probes.Load(ep)
+	v, ok := t.probes.Load(ep.HostPort())
 	if !ok {
 		return Probe{}, false
 	}
 	return *v.(*Probe), true
 }
 
-func (t *Table) recordProbe(ep resolver.Endpoint, p Probe) { t.probes.Store(ep, &p) }
+func (t *Table) recordProbe(hp resolver.HostPort, p Probe) { t.probes.Store(hp, &p) }
 
-func (t *Table) forgetProbes(ep resolver.Endpoint) { t.probes.Delete(ep) }
+func (t *Table) forgetProbes(hp resolver.HostPort) { t.probes.Delete(hp) }
 
 // NewTable returns a Table holding an empty Snapshot.
 func NewTable() *Table {
 	t := &Table{}
-	t.cur.Store(NewSnapshot(nil, nil))
+	t.cur.Store(NewSnapshot(nil, nil, nil))
 	return t
 }
 

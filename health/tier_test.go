@@ -68,7 +68,7 @@ func TestBuildTiersGroupsByPriority(t *testing.T) {
 
 func TestPickDoesNotAllocate(t *testing.T) {
 	eps := []resolver.Endpoint{ep("a", 0, 10), ep("b", 0, 20), ep("c", 1, 0)}
-	s := NewSnapshot(eps, []State{Healthy, Healthy, Healthy})
+	s := NewSnapshot(eps, []State{Healthy, Healthy, Healthy}, nil)
 	allocs := testing.AllocsPerRun(1000, func() {
 		tiers := s.Tiers()
 		tiers[0].Pick(s.Next())
@@ -80,7 +80,7 @@ func TestPickDoesNotAllocate(t *testing.T) {
 
 func BenchmarkPick(b *testing.B) {
 	eps := []resolver.Endpoint{ep("a", 0, 0), ep("b", 0, 0), ep("c", 0, 0)}
-	s := NewSnapshot(eps, []State{Healthy, Healthy, Healthy})
+	s := NewSnapshot(eps, []State{Healthy, Healthy, Healthy}, nil)
 	b.ReportAllocs()
 	for b.Loop() {
 		tiers := s.Tiers()

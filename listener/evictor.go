@@ -14,8 +14,11 @@ import (
 // evictionSpread is the longest time over which one endpoint's connections are closed.
 const evictionSpread = time.Second
 
-// Evictor closes the proxied connections of an endpoint that turns down, or degraded while
-// another is healthy, so that their clients reconnect through the gateway to a healthy member.
+// Evictor closes the proxied connections of an endpoint that is worse than another, so that
+// their clients reconnect through the gateway to a better member: a down endpoint's while
+// another is healthy or degraded, a degraded endpoint's while another is healthy. When nothing
+// better exists it closes nothing: the evidence may be wrong (a member that stops accepting
+// new connections can still serve the ones it has), and closing would only hurt clients.
 type Evictor struct {
 	table *health.Table
 	fwd   *Forwarder
@@ -44,9 +47,10 @@ func (e *Evictor) Serve(ctx context.Context) error {
 				continue
 			}
 			state, _ := cur.State(ep)
-			if n := e.fwd.Evict(ctx, ep, evictionSpread); n > 0 {
-				e.log.Info("closed connections to an unhealthy endpoint; their clients reconnect to a healthy one",
-					zap.Stringer("endpoint", ep), zap.Stringer("state", state), zap.Int("connections", n))
+			if n := e.fwd.Evict(ctx, ep.HostPort(), evictionSpread); n > 0 {
+				e.log.Info("closed connections to an endpoint worse than another; their clients reconnect to a better one",
+					zap.Stringer("endpoint", ep), zap.Stringer("state", state), zap.Stringer("best_state", cur.Best()),
+					zap.Int("connections", n))
 			}
 		}
 		prev = cur
@@ -58,9 +62,9 @@ func (e *Evictor) Serve(ctx context.Context) error {
 	}
 }
 
-// evictable reports whether connections to ep should be closed in snap: it is down, or
-// degraded while another endpoint is healthy.
+// evictable reports whether connections to ep should be closed in snap: another endpoint is
+// in a better state.
 func evictable(snap *health.Snapshot, ep resolver.Endpoint) bool {
 	state, known := snap.State(ep)
-	return known && (state == health.Down || state == health.Degraded && snap.HealthyCount() > 0)
+	return known && state < snap.Best()
 }

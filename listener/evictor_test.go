@@ -2,7 +2,10 @@ package listener
 
 import (
 	"context"
+	"errors"
 	"net"
+	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,95 +28,155 @@ func TestEvictorStartedLateClosesConnectionsOfADownEndpoint(t *testing.T) {
 	testEviction(t, true)
 }
 
-func testEviction(t *testing.T, startEvictorLate bool) {
+// evictionFixture is a gateway's forwarding and health parts over two named backends, "sick"
+// and "fine", with six connections spread over both.
+type evictionFixture struct {
+	table   *health.Table
+	reports health.Reports
+	fwd     *Forwarder
+	evictor *Evictor
+	sickEP  resolver.Endpoint
+	fineEP  resolver.Endpoint
+	conns   map[string][]net.Conn
+	run     func(svc interface{ Serve(context.Context) error })
+}
+
+func newEvictionFixture(t *testing.T, startEvictor bool) *evictionFixture {
 	sick, fine := testnet.Named(t, "sick"), testnet.Named(t, "fine")
-	var eps []resolver.Endpoint
-	for _, s := range []*testnet.Server{sick, fine} {
-		ep, err := resolver.ParseEndpoint(s.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		eps = append(eps, ep)
+	f := &evictionFixture{conns: map[string][]net.Conn{}}
+	var err error
+	if f.sickEP, err = resolver.ParseEndpoint(sick.Addr()); err != nil {
+		t.Fatal(err)
 	}
-	eps = resolver.Normalize(eps)
-	table, reports, updates, reprobe := health.NewTable(), health.NewReports(8), resolver.NewUpdates(), health.NewReprobe()
+	if f.fineEP, err = resolver.ParseEndpoint(fine.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	eps := resolver.Normalize([]resolver.Endpoint{f.sickEP, f.fineEP})
+	updates := resolver.NewUpdates()
+	f.table, f.reports = health.NewTable(), health.NewReports(8)
 	updates.Publish(eps)
-	manager := health.NewManager(health.ManagerConfig{Table: table, Updates: updates, Reports: reports, Reprobe: reprobe,
+	manager := health.NewManager(health.ManagerConfig{Table: f.table, Updates: updates, Reports: f.reports, Reprobe: health.NewReprobe(),
 		Probe: health.ProbeConfig{Mode: health.CheckTCP, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour, Rise: 1, Fall: 1},
 		Log:   zap.NewNop()})
 	ln := testnet.LocalListener(t)
-	fwd := NewForwarder(dialerOf(table), zap.NewNop())
+	f.fwd = NewForwarder(dialerOf(f.table), zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 3)
-	run := func(svc interface{ Serve(context.Context) error }) {
+	var running sync.WaitGroup
+	f.run = func(svc interface{ Serve(context.Context) error }) {
+		running.Add(1)
 		go func() {
+			defer running.Done()
 			svc.Serve(ctx)
-			done <- struct{}{}
 		}()
 	}
-	evictor := NewEvictor(table, fwd, zaptest.NewLogger(t))
-	run(manager)
-	run(NewService(ln, fwd, zap.NewNop()))
-	if !startEvictorLate {
-		run(evictor)
+	f.evictor = NewEvictor(f.table, f.fwd, zaptest.NewLogger(t))
+	f.run(manager)
+	f.run(NewService(ln, f.fwd, zap.NewNop()))
+	if startEvictor {
+		f.run(f.evictor)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
-		for range 3 {
-			<-done
-		}
-		fwd.Shutdown(defaultTestTimeout)
-	}()
-	for len(table.Load().Available()) != 2 {
-		<-table.Load().Changed()
-	}
-
-	conns := map[string][]net.Conn{}
+		running.Wait()
+		f.fwd.Shutdown(defaultTestTimeout, nil)
+	})
+	f.waitRotation(t, func(s *health.Snapshot) bool { return len(s.Available()) == 2 })
 	for range 6 {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		t.Cleanup(func() { c.Close() })
 		c.SetReadDeadline(time.Now().Add(defaultTestTimeout))
 		buf := make([]byte, 5)
 		n, err := c.Read(buf)
 		if err != nil {
 			t.Fatal(err)
 		}
-		name := string(buf[:n])
-		if name != "sick\n" {
-			name = "fine"
-		} else {
+		name := "fine"
+		if string(buf[:n]) == "sick\n" {
 			name = "sick"
 		}
-		conns[name] = append(conns[name], c)
+		f.conns[name] = append(f.conns[name], c)
 	}
-	if len(conns["sick"]) == 0 || len(conns["fine"]) == 0 {
-		t.Fatalf("connections not spread over both endpoints: %v", conns)
+	if len(f.conns["sick"]) == 0 || len(f.conns["fine"]) == 0 {
+		t.Fatalf("connections not spread over both endpoints: %v", f.conns)
 	}
-	sickEP, _ := resolver.ParseEndpoint(sick.Addr())
+	return f
+}
+
+// waitRotation waits until the table's snapshot satisfies cond.
+func (f *evictionFixture) waitRotation(t *testing.T, cond func(*health.Snapshot) bool) {
+	t.Helper()
+	deadline := time.NewTimer(defaultTestTimeout)
+	defer deadline.Stop()
+	for snap := f.table.Load(); !cond(snap); snap = f.table.Load() {
+		select {
+		case <-snap.Changed():
+		case <-deadline.C:
+			t.Fatalf("snapshot never as wanted: %v in rotation of %v", snap.Available(), snap.Known())
+		}
+	}
+}
+
+// expectClosed checks that the peer closed c: a read ends with EOF or a reset, not a timeout.
+func expectClosed(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(defaultTestTimeout))
+	_, err := c.Read(make([]byte, 1))
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a connection to the down endpoint is still open: read returned %v", err)
+	}
+}
+
+func testEviction(t *testing.T, startEvictorLate bool) {
+	f := newEvictionFixture(t, !startEvictorLate)
 	began := time.Now()
-	reports <- health.Report{Endpoint: sickEP, State: health.Down, Reason: "test", FromDial: true}
+	f.reports <- health.Report{Endpoint: f.sickEP, Evidence: health.DialRefused, State: health.Down, Reason: "test"}
 	if startEvictorLate {
-		for len(table.Load().Available()) != 1 {
-			<-table.Load().Changed()
-		}
-		run(evictor)
+		f.waitRotation(t, func(s *health.Snapshot) bool { return len(s.Available()) == 1 })
+		f.run(f.evictor)
 	}
-	for _, c := range conns["sick"] {
-		c.SetReadDeadline(time.Now().Add(defaultTestTimeout))
-		if _, err := c.Read(make([]byte, 1)); err == nil {
-			t.Fatal("a connection to the down endpoint is still open")
-		}
+	for _, c := range f.conns["sick"] {
+		expectClosed(t, c)
 	}
 	if took := time.Since(began); took > evictionSpread {
-		t.Errorf("eviction of %d connections took %s", len(conns["sick"]), took)
+		t.Errorf("eviction of %d connections took %s", len(f.conns["sick"]), took)
 	}
-	if got := fwd.Counters()[sickEP].Evicted; got != uint64(len(conns["sick"])) {
-		t.Errorf("Counters say %d connections to %s evicted, want %d", got, sickEP, len(conns["sick"]))
+	if got := f.fwd.Counters()[f.sickEP.HostPort()].Evicted; got != uint64(len(f.conns["sick"])) {
+		t.Errorf("Counters say %d connections to %s evicted, want %d", got, f.sickEP, len(f.conns["sick"]))
 	}
-	for _, c := range conns["fine"] {
+	for _, c := range f.conns["fine"] {
+		roundTrip(t, c, "still served")
+	}
+}
+
+// With every endpoint down there is nothing better to move clients to: no connection is
+// closed. When one endpoint is healthy again, the others' clients move to it.
+func TestEvictorClosesNothingWhenNothingIsBetter(t *testing.T) {
+	f := newEvictionFixture(t, true)
+	for _, ep := range []resolver.Endpoint{f.sickEP, f.fineEP} {
+		f.reports <- health.Report{Endpoint: ep, Evidence: health.DialRefused, State: health.Down, Reason: "test: stops accepting"}
+	}
+	f.waitRotation(t, func(s *health.Snapshot) bool { return s.Rotation() == health.RotationLastResort })
+	settle := time.NewTimer(200 * time.Millisecond) // far longer than an eviction takes to start
+	<-settle.C
+	for name, conns := range f.conns {
+		for _, c := range conns {
+			roundTrip(t, c, "served by "+name+" while every endpoint is down")
+		}
+	}
+	for hp, c := range f.fwd.Counters() {
+		if c.Evicted != 0 {
+			t.Fatalf("%d connections to %s evicted with nothing better to go to", c.Evicted, hp)
+		}
+	}
+
+	f.reports <- health.Report{Endpoint: f.fineEP, Evidence: health.Probed, State: health.Healthy, At: time.Now()}
+	for _, c := range f.conns["sick"] {
+		expectClosed(t, c)
+	}
+	for _, c := range f.conns["fine"] {
 		roundTrip(t, c, "still served")
 	}
 }

@@ -28,11 +28,12 @@ type Forwarder struct {
 	clients  ClientCounter // nil when nobody counts
 	mu       sync.Mutex
 	live     map[*proxied]struct{}                   // every forwarded connection
-	ended    map[resolver.Endpoint]*EndpointCounters // what ended connections moved, and counts of all
+	ended    map[resolver.HostPort]*EndpointCounters // what ended connections moved, and counts of all
 	shutdown bool                                    // Shutdown has closed the live connections; take no more
 }
 
-// EndpointCounters is what the Forwarder has done with one endpoint since it started.
+// EndpointCounters is what the Forwarder has done with one endpoint's address since it
+// started.
 type EndpointCounters struct {
 	Active    int    // connections forwarded now
 	Total     uint64 // connections forwarded, ended or not
@@ -41,37 +42,53 @@ type EndpointCounters struct {
 	BytesDown uint64 // endpoint to client
 }
 
-// Counters returns the counters of every endpoint the Forwarder has forwarded to. It walks
-// the live connections, so call it at the pace of a metrics scrape, not per connection.
-func (f *Forwarder) Counters() map[resolver.Endpoint]EndpointCounters {
+// Counters returns the counters of every address the Forwarder has forwarded to and not
+// forgotten. It walks the live connections, so call it at the pace of a metrics scrape, not
+// per connection.
+func (f *Forwarder) Counters() map[resolver.HostPort]EndpointCounters {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make(map[resolver.Endpoint]EndpointCounters, len(f.ended))
-	for ep, c := range f.ended {
-		out[ep] = *c
+	out := make(map[resolver.HostPort]EndpointCounters, len(f.ended))
+	for hp, c := range f.ended {
+		out[hp] = *c
 	}
 	for p := range f.live {
-		c := out[p.endpoint]
+		hp := p.endpoint.HostPort()
+		c := out[hp]
 		c.Active++
 		c.BytesUp += uint64(p.up.n.Load())
 		c.BytesDown += uint64(p.down.n.Load())
-		out[p.endpoint] = c
+		out[hp] = c
 	}
 	return out
 }
 
-// countersOf returns the counters of ep, creating them. Call it with f.mu held.
-func (f *Forwarder) countersOf(ep resolver.Endpoint) *EndpointCounters {
-	c := f.ended[ep]
+// Forget drops the counters of hp unless a connection to it is live, and reports whether it
+// did: metrics stop reporting an address that has left the endpoint set for good.
+func (f *Forwarder) Forget(hp resolver.HostPort) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for p := range f.live {
+		if p.endpoint.HostPort() == hp {
+			return false
+		}
+	}
+	delete(f.ended, hp)
+	return true
+}
+
+// countersOf returns the counters of hp, creating them. Call it with f.mu held.
+func (f *Forwarder) countersOf(hp resolver.HostPort) *EndpointCounters {
+	c := f.ended[hp]
 	if c == nil {
 		c = &EndpointCounters{}
-		f.ended[ep] = c
+		f.ended[hp] = c
 	}
 	return c
 }
 
 // ClientCounter is told when a forwarded connection starts (+1) and ends (-1);
-// *health.Table is one.
+// *health.Activity is one.
 type ClientCounter interface{ AddClients(delta int64) }
 
 // CountClients makes c follow the number of forwarded connections; call it before Forward.
@@ -86,7 +103,7 @@ func NewForwarder(dial DialFunc, log *zap.Logger) *Forwarder {
 		ctx:    ctx,
 		cancel: cancel,
 		live:   make(map[*proxied]struct{}),
-		ended:  make(map[resolver.Endpoint]*EndpointCounters),
+		ended:  make(map[resolver.HostPort]*EndpointCounters),
 	}
 }
 
@@ -156,7 +173,7 @@ func (f *Forwarder) track(p *proxied) bool {
 		return false
 	}
 	f.live[p] = struct{}{}
-	f.countersOf(p.endpoint).Total++
+	f.countersOf(p.endpoint.HostPort()).Total++
 	if f.clients != nil {
 		f.clients.AddClients(1)
 	}
@@ -167,14 +184,15 @@ func (f *Forwarder) track(p *proxied) bool {
 // thousands are spread over at most the eviction spread.
 const evictionPace = time.Millisecond
 
-// Evict closes every connection proxied to ep, one every millisecond or, when there are more
-// than spread allows at that pace, evenly over spread, so that their clients do not all
-// reconnect at once. It returns how many it closed.
-func (f *Forwarder) Evict(ctx context.Context, ep resolver.Endpoint, spread time.Duration) int {
+// Evict closes every connection proxied to the address hp, whatever SRV weight or priority it
+// had when it was dialed, one every millisecond or, when there are more than spread allows at
+// that pace, evenly over spread, so that their clients do not all reconnect at once. It
+// returns how many it closed.
+func (f *Forwarder) Evict(ctx context.Context, hp resolver.HostPort, spread time.Duration) int {
 	f.mu.Lock()
 	var victims []*proxied
 	for p := range f.live {
-		if p.endpoint == ep {
+		if p.endpoint.HostPort() == hp {
 			victims = append(victims, p)
 		}
 	}
@@ -191,7 +209,7 @@ func (f *Forwarder) Evict(ctx context.Context, ep resolver.Endpoint, spread time
 			}
 		}
 		f.mu.Lock()
-		f.countersOf(ep).Evicted++
+		f.countersOf(hp).Evicted++
 		f.mu.Unlock()
 		p.abort()
 	}
@@ -201,7 +219,7 @@ func (f *Forwarder) Evict(ctx context.Context, ep resolver.Endpoint, spread time
 func (f *Forwarder) untrack(p *proxied) {
 	f.mu.Lock()
 	if _, ok := f.live[p]; ok {
-		c := f.countersOf(p.endpoint)
+		c := f.countersOf(p.endpoint.HostPort())
 		c.BytesUp += uint64(p.up.n.Load())
 		c.BytesDown += uint64(p.down.n.Load())
 		if f.clients != nil {
@@ -212,10 +230,10 @@ func (f *Forwarder) untrack(p *proxied) {
 	f.mu.Unlock()
 }
 
-// Shutdown waits up to grace for live connections to finish, then closes the rest and waits
-// for their goroutines. It returns how many connections it had to close. Call it once, after
-// the accept loop has stopped.
-func (f *Forwarder) Shutdown(grace time.Duration) int {
+// Shutdown waits up to grace for live connections to finish, or until cut is closed, then
+// closes the rest and waits for their goroutines. It returns how many connections it had to
+// close, and whether cut ended the wait. Call it once, after the accept loop has stopped.
+func (f *Forwarder) Shutdown(grace time.Duration, cut <-chan struct{}) (closed int, wasCut bool) {
 	done := make(chan struct{})
 	go func() {
 		f.wg.Wait()
@@ -226,8 +244,10 @@ func (f *Forwarder) Shutdown(grace time.Duration) int {
 	select {
 	case <-done:
 		f.cancel()
-		return 0
+		return 0, false
 	case <-t.C:
+	case <-cut:
+		wasCut = true
 	}
 	f.cancel()
 	f.mu.Lock()
@@ -241,5 +261,5 @@ func (f *Forwarder) Shutdown(grace time.Duration) int {
 		p.abort()
 	}
 	<-done
-	return len(victims)
+	return len(victims), wasCut
 }

@@ -16,7 +16,7 @@ import (
 func TestCountersWhileConnectionsStart(t *testing.T) {
 	backend := testnet.Echo(t)
 	fwd := NewForwarder(dialTo(backend.Addr()), zap.NewNop())
-	defer fwd.Shutdown(defaultTestTimeout)
+	defer fwd.Shutdown(defaultTestTimeout, nil)
 	stop := make(chan struct{})
 	var scraper sync.WaitGroup
 	scraper.Add(1)
@@ -51,7 +51,7 @@ func TestCountersWhileConnectionsStart(t *testing.T) {
 	}
 	close(stop)
 	scraper.Wait()
-	if got := fwd.Counters()[resolver.Endpoint{Host: "backend"}].Total; got != 50 {
+	if got := fwd.Counters()[resolver.HostPort{Host: "backend"}].Total; got != 50 {
 		t.Fatalf("connections counted = %d, want 50", got)
 	}
 }

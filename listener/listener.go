@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // maxAcceptBackoff bounds the pause after a temporary accept error such as EMFILE.
@@ -22,11 +24,12 @@ const UnixScheme = "unix://"
 
 // Listen binds addr: host:port for TCP, with keep-alive on every accepted connection, or
 // unix://PATH for a Unix stream socket with the given mode. A socket file left behind by a
-// gateway that is gone is replaced; one that still accepts connections is not.
+// gateway that is gone (a connection to it is refused) is replaced; one that accepts, or whose
+// state cannot be told (a full backlog answers EAGAIN: its owner is alive and busy), is not.
 func Listen(ctx context.Context, addr string, keepAlive time.Duration, socketMode os.FileMode) (Acceptor, error) {
-	lc := net.ListenConfig{KeepAlive: keepAlive}
 	path, isUnix := strings.CutPrefix(addr, UnixScheme)
 	if !isUnix {
+		lc := net.ListenConfig{KeepAlive: keepAlive}
 		ln, err := lc.Listen(ctx, "tcp", addr)
 		if err != nil {
 			return nil, err
@@ -34,23 +37,55 @@ func Listen(ctx context.Context, addr string, keepAlive time.Duration, socketMod
 		return ln.(*net.TCPListener), nil
 	}
 	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == os.ModeSocket {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		switch {
+		case err == nil:
 			c.Close()
 			return nil, fmt.Errorf("%s is in use by a running process", path)
+		case !errors.Is(err, syscall.ECONNREFUSED):
+			return nil, fmt.Errorf("%s may be in use by a running process (connecting to it: %v); stop it, or remove the file if nothing serves it", path, err)
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
-	ln, err := lc.Listen(ctx, "unix", path)
+	return listenUnix(path, socketMode)
+}
+
+// listenUnix binds a Unix stream socket at path, gives it mode, and only then listens, so that
+// no client can connect before the socket has its mode. umask would do it too, but it is the
+// whole process's.
+func listenUnix(path string, mode os.FileMode) (*net.UnixListener, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	f := os.NewFile(uintptr(fd), "unix:"+path)
+	defer f.Close() // FileListener holds a duplicate
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, &net.OpError{Op: "listen", Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"}, Err: os.NewSyscallError("bind", err)}
+	}
+	bound := true
+	defer func() {
+		if bound {
+			os.Remove(path)
+		}
+	}()
+	if err := os.Chmod(path, mode); err != nil {
+		return nil, fmt.Errorf("set the mode of %s: %w", path, err)
+	}
+	// The kernel caps the backlog at net.core.somaxconn, as for net.Listen's sockets.
+	if err := unix.Listen(fd, math.MaxUint16); err != nil {
+		return nil, os.NewSyscallError("listen", err)
+	}
+	ln, err := net.FileListener(f)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, socketMode); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("set the mode of %s: %w", path, err)
-	}
-	return ln.(*net.UnixListener), nil
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(true) // as a listener from net.Listen does
+	bound = false
+	return ul, nil
 }
 
 // Acceptor is a bound listening socket as the accept loop uses it: *net.TCPListener or

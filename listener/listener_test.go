@@ -109,7 +109,7 @@ func TestServiceBacksOffOnTemporaryAcceptErrors(t *testing.T) {
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Serve = %v, want context.Canceled", err)
 	}
-	fwd.Shutdown(defaultTestTimeout)
+	fwd.Shutdown(defaultTestTimeout, nil)
 
 	if len(pauses) != len(faults) {
 		t.Fatalf("paused %d times for %d errors", len(pauses), len(faults))
@@ -159,7 +159,7 @@ func testRestartAfter(t *testing.T, fault error) {
 	defer func() {
 		cancel()
 		<-done
-		fwd.Shutdown(defaultTestTimeout)
+		fwd.Shutdown(defaultTestTimeout, nil)
 	}()
 
 	live, err := net.Dial("tcp", ln.Addr().String())
@@ -216,7 +216,10 @@ func TestForwarderShutdownDrainsThenCloses(t *testing.T) {
 	shut := make(chan int, 1)
 	start := time.Now()
 	const grace = 300 * time.Millisecond
-	go func() { shut <- fwd.Shutdown(grace) }()
+	go func() {
+		closed, _ := fwd.Shutdown(grace, nil)
+		shut <- closed
+	}()
 	roundTrip(t, finishing, "still served while draining")
 	finishing.Close()
 	closed := <-shut
@@ -310,18 +313,7 @@ func dialerOf(table *health.Table) DialFunc {
 // test ends, and returns the address clients connect to.
 func serveListener(t testing.TB, dial DialFunc) string {
 	t.Helper()
-	ln := testnet.LocalListener(t)
-	fwd := NewForwarder(dial, zap.NewNop())
-	svc := NewService(ln, fwd, zap.NewNop())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		fwd.Shutdown(defaultTestTimeout)
-	})
-	return ln.Addr().String()
+	return serveListenerWith(t, dial).ln.Addr().String()
 }
 
 // A unix:// listen address serves on a Unix socket with the given mode, replaces a stale socket
@@ -356,7 +348,7 @@ func TestListenUnixSocket(t *testing.T) {
 	defer func() {
 		cancel()
 		<-done
-		fwd.Shutdown(defaultTestTimeout)
+		fwd.Shutdown(defaultTestTimeout, nil)
 	}()
 	c, err := net.Dial("unix", path)
 	if err != nil {
@@ -375,22 +367,91 @@ func TestListenUnixSocket(t *testing.T) {
 	}
 }
 
+// A socket whose owner is alive but does not accept (its backlog is full: a connect fails
+// with EAGAIN) is not stale: it is neither replaced nor removed.
+func TestListenUnixKeepsABusySocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "busy.sock")
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	full := false
+	for range 16 { // fill the backlog; the owner never accepts
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err != nil {
+			if !errors.Is(err, syscall.EAGAIN) {
+				t.Fatalf("filling the backlog: %v", err)
+			}
+			full = true
+			break
+		}
+		defer c.Close()
+	}
+	if !full {
+		t.Fatal("the backlog never filled")
+	}
+	ln, err := Listen(context.Background(), UnixScheme+path, 0, 0o600)
+	if err == nil {
+		ln.Close()
+		t.Fatal("replaced the socket of a live owner whose backlog is full")
+	}
+	if !strings.Contains(err.Error(), "may be in use") {
+		t.Errorf("error %q does not say the socket may be in use", err)
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("the live owner's socket file is gone: %v", err)
+	}
+}
+
+// The socket has its mode before it listens: bound, then chmod, then listen.
+func TestListenUnixHasItsModeBeforeItListens(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gw.sock")
+	ln, err := Listen(context.Background(), UnixScheme+path, 0, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("mode = %v, %v; want 0640", fi.Mode().Perm(), err)
+	}
+	ln.Close()
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("closing the listener left the socket file: %v", err)
+	}
+}
+
 // When the gateway stops, it closes the socket and cancels the accept loop at about the same
 // time, in either order: a closed socket is a stop, not a crash to restart.
 func TestServiceTreatsAClosedSocketAsAStop(t *testing.T) {
 	ln := testnet.LocalListener(t)
-	fwd := NewForwarder(dialTo("127.0.0.1:1"), zap.NewNop())
-	defer fwd.Shutdown(defaultTestTimeout)
+	forwarded := make(chan struct{}, 1)
+	fwd := NewForwarder(func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+		forwarded <- struct{}{}
+		return nil, resolver.Endpoint{}, errors.New("no backend in this test")
+	}, zap.NewNop())
+	defer fwd.Shutdown(defaultTestTimeout, nil)
 	svc := NewService(ln, fwd, zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- svc.Serve(ctx) }()
-	time.Sleep(20 * time.Millisecond) // in Accept
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-forwarded // the loop accepts: it is past its start
 	ln.Close()
+	wait := time.NewTimer(100 * time.Millisecond)
 	select {
 	case err := <-done:
 		t.Fatalf("Serve returned %v when the socket closed before the stop; want it to wait for the stop", err)
-	case <-time.After(100 * time.Millisecond):
+	case <-wait.C:
 	}
 	cancel()
 	select {
@@ -407,8 +468,9 @@ func TestServiceTreatsAClosedSocketAsAStop(t *testing.T) {
 // connection nobody will close: Shutdown would wait for it forever.
 func TestShutdownRefusesADialThatEndsLate(t *testing.T) {
 	backend := testnet.Echo(t)
-	release := make(chan struct{})
+	dialing, release := make(chan struct{}), make(chan struct{})
 	slowDial := func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+		close(dialing)
 		<-release // a dial that does not notice the cancel in time
 		c, err := net.Dial("tcp", backend.Addr())
 		if err != nil {
@@ -427,12 +489,21 @@ func TestShutdownRefusesADialThatEndsLate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	time.Sleep(50 * time.Millisecond) // the dial is waiting
+	<-dialing
 	cancel()
 	<-served
 	shut := make(chan int, 1)
-	go func() { shut <- fwd.Shutdown(20 * time.Millisecond) }()
-	time.Sleep(200 * time.Millisecond) // past the grace period: the rest has been closed
+	go func() {
+		closed, _ := fwd.Shutdown(20*time.Millisecond, nil)
+		shut <- closed
+	}()
+	if !testnet.Eventually(defaultTestTimeout, func() bool {
+		fwd.mu.Lock()
+		defer fwd.mu.Unlock()
+		return fwd.shutdown
+	}) {
+		t.Fatal("Shutdown never closed the rest")
+	}
 	close(release)
 	select {
 	case <-shut:
@@ -443,4 +514,62 @@ func TestShutdownRefusesADialThatEndsLate(t *testing.T) {
 	if _, err := client.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("the late client was not closed: read returned %v", err)
 	}
+}
+
+// A second signal cuts the drain short: Shutdown closes what is left at once.
+func TestShutdownCutShort(t *testing.T) {
+	backend := testnet.Echo(t)
+	addr := serveListenerWith(t, dialTo(backend.Addr()))
+	c, err := net.Dial("tcp", addr.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip(t, c, "live")
+	addr.stop()
+	cut := make(chan struct{})
+	shut := make(chan [2]any, 1)
+	go func() {
+		closed, wasCut := addr.fwd.Shutdown(time.Hour, cut)
+		shut <- [2]any{closed, wasCut}
+	}()
+	close(cut)
+	select {
+	case got := <-shut:
+		if got[0] != 1 || got[1] != true {
+			t.Fatalf("Shutdown = %v, %v; want 1 connection closed, cut", got[0], got[1])
+		}
+	case <-time.After(defaultTestTimeout):
+		t.Fatal("a cut did not end a drain with an hour's grace")
+	}
+	expectClosed(t, c)
+}
+
+// servedListener is an accept loop on a loopback listener.
+type servedListener struct {
+	ln   *net.TCPListener
+	fwd  *Forwarder
+	stop func() // stops accepting; the forwarder is shut down when the test ends
+}
+
+func serveListenerWith(t testing.TB, dial DialFunc) servedListener {
+	t.Helper()
+	ln := testnet.LocalListener(t)
+	fwd := NewForwarder(dial, zap.NewNop())
+	svc := NewService(ln, fwd, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Serve(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(func() {
+		stop()
+		fwd.Shutdown(defaultTestTimeout, nil)
+	})
+	return servedListener{ln: ln, fwd: fwd, stop: stop}
 }

@@ -32,6 +32,20 @@ func (e Endpoint) Addr() string {
 // String returns the endpoint as the user wrote it: its dial address.
 func (e Endpoint) String() string { return e.Addr() }
 
+// HostPort is where a member is reached. An endpoint set holds one endpoint per HostPort, and
+// everything the gateway keeps about a member (health, connections, metrics) is keyed by it, so
+// that a change of SRV weight or priority keeps the member's state and its connections.
+type HostPort struct {
+	Host string
+	Port uint16
+}
+
+// HostPort returns the endpoint's address as a key.
+func (e Endpoint) HostPort() HostPort { return HostPort{Host: e.Host, Port: e.Port} }
+
+// String returns "host:port", with IPv6 literals in brackets.
+func (h HostPort) String() string { return net.JoinHostPort(h.Host, strconv.Itoa(int(h.Port))) }
+
 // ParseEndpoint parses one `--endpoints` entry: host:port, an IPv6 literal in brackets, or an
 // http:// URL (the scheme is stripped, as etcd's gateway does). https:// is refused: the
 // gateway forwards bytes and never terminates TLS.
@@ -92,11 +106,25 @@ func ParseEndpoints(list string) ([]Endpoint, error) {
 	return Normalize(eps), nil
 }
 
-// Normalize returns a sorted copy of eps without duplicates, so equal sets compare equal.
+// Normalize returns a sorted copy of eps with one endpoint per address, so equal sets compare
+// equal. When an address is listed more than once (under both SRV names, or by two records),
+// the TLS one wins, then the lowest priority, then the highest weight: a member that serves TLS
+// must never be taken for a plain one.
 func Normalize(eps []Endpoint) []Endpoint {
 	out := slices.Clone(eps)
+	slices.SortFunc(out, func(a, b Endpoint) int {
+		return cmp.Or(
+			cmp.Compare(a.Host, b.Host),
+			cmp.Compare(a.Port, b.Port),
+			-boolCompare(a.TLS, b.TLS),
+			cmp.Compare(a.Priority, b.Priority),
+			-cmp.Compare(a.Weight, b.Weight),
+			cmp.Compare(a.Target, b.Target),
+		)
+	})
+	out = slices.CompactFunc(out, func(a, b Endpoint) bool { return a.HostPort() == b.HostPort() })
 	slices.SortFunc(out, compare)
-	return slices.Compact(out)
+	return out
 }
 
 func compare(a, b Endpoint) int {

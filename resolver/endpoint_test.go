@@ -102,3 +102,24 @@ func FuzzParseEndpoints(f *testing.F) {
 		}
 	})
 }
+
+// One endpoint per address: the TLS record wins, then the lowest priority.
+func TestNormalizeKeepsOneEndpointPerAddress(t *testing.T) {
+	eps := []Endpoint{
+		{Host: "10.0.0.1", Port: 2379, Priority: 0, Weight: 5, Target: "a.example.com"},
+		{Host: "10.0.0.1", Port: 2379, Priority: 10, Weight: 1, Target: "a.example.com", TLS: true},
+		{Host: "10.0.0.1", Port: 2379, Priority: 5, Weight: 1, Target: "b.example.com", TLS: true},
+		{Host: "10.0.0.2", Port: 2379, Priority: 20, Weight: 1, Target: "c.example.com"},
+		{Host: "10.0.0.2", Port: 2379, Priority: 10, Weight: 1, Target: "d.example.com"},
+		{Host: "10.0.0.2", Port: 2380, Priority: 30},
+	}
+	got := Normalize(eps)
+	want := []Endpoint{
+		{Host: "10.0.0.1", Port: 2379, Priority: 5, Weight: 1, Target: "b.example.com", TLS: true},
+		{Host: "10.0.0.2", Port: 2379, Priority: 10, Weight: 1, Target: "d.example.com"},
+		{Host: "10.0.0.2", Port: 2380, Priority: 30},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Normalize = %+v\nwant %+v", got, want)
+	}
+}

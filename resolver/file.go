@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -16,9 +17,15 @@ import (
 	"go.uber.org/zap"
 )
 
-// fileSettle is how long the endpoints file must stay unchanged before it is read: editors
-// and configuration tools write a file in several steps.
-const fileSettle = 100 * time.Millisecond
+// fileSettle is how long the directory of the endpoints file must stay unchanged before the
+// file is read: editors and configuration tools write a file in several steps. Events are not
+// filtered by name (Kubernetes updates a ConfigMap by swapping a "..data" symlink), so other
+// files may keep the directory busy: the file is read at most fileSettleMax after the first
+// event whatever happens meanwhile.
+const (
+	fileSettle    = 100 * time.Millisecond
+	fileSettleMax = 500 * time.Millisecond
+)
 
 // ParseEndpointsFile parses the text of an endpoints file: one host:port per line, in the forms
 // --endpoints accepts; blank lines and everything after a '#' are ignored. It refuses a file
@@ -49,20 +56,22 @@ const maxEndpointsFile = 1 << 20
 
 // ReadEndpointsFile reads and parses the endpoints file at path.
 func ReadEndpointsFile(path string) ([]Endpoint, error) {
-	// Only a regular file: opening or reading a FIFO, a terminal or /dev/stdin would hold the
-	// gateway's start-up or a reload for good.
-	fi, err := os.Stat(path)
+	// Only a regular file: reading a FIFO, a terminal or /dev/stdin would hold the gateway's
+	// start-up or a reload for good. The file is opened without blocking (opening a FIFO
+	// blocks until a writer comes) and checked on the opened descriptor, so that a swap
+	// between a check and the open cannot slip one in.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file; give the path of a file that lists the endpoints", path)
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	text, err := io.ReadAll(io.LimitReader(f, maxEndpointsFile+1))
 	if err != nil {
 		return nil, err
@@ -116,13 +125,21 @@ func (f *File) Serve(ctx context.Context) error {
 	f.load(ctx, "start", &refused)
 	settle := time.NewTimer(0)
 	<-settle.C
+	var firstEvent time.Time // of the changes not read yet; zero when none waits
 	for {
 		select {
 		case <-w.Events:
-			settle.Reset(fileSettle)
+			now := time.Now()
+			if firstEvent.IsZero() {
+				firstEvent = now
+			}
+			if wait := min(fileSettle, firstEvent.Add(fileSettleMax).Sub(now)); wait > 0 {
+				settle.Reset(wait)
+			}
 		case err := <-w.Errors:
 			f.log.Warn("watching the endpoints file failed; it is still read again on SIGHUP", zap.String("path", f.path), zap.Error(err))
 		case <-settle.C:
+			firstEvent = time.Time{}
 			f.load(ctx, "file changed", &refused)
 		case <-f.reload:
 			refused = ""

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -189,4 +190,61 @@ func FuzzParseEndpointsFile(f *testing.F) {
 			t.Fatalf("result of %q not sorted and unique: %v", text, eps)
 		}
 	})
+}
+
+// A FIFO is refused at once: opening it does not wait for a writer.
+func TestReadEndpointsFileRefusesAFIFOWithoutBlocking(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "endpoints")
+	if err := syscall.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := ReadEndpointsFile(path)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("ReadEndpointsFile of a FIFO = %v, want it refused as not a regular file", err)
+		}
+	case <-time.After(5 * time.Second):
+		// Unblock the open so the goroutine ends, then fail.
+		if w, err := os.OpenFile(path, os.O_WRONLY, 0); err == nil {
+			w.Close()
+		}
+		<-done
+		t.Fatal("ReadEndpointsFile blocked on a FIFO")
+	}
+}
+
+// Another file in the same directory that changes every 20 ms does not hold back a change of
+// the endpoints file: it is read within a second of the change.
+func TestFileChangeSeenWhileTheDirectoryIsBusy(t *testing.T) {
+	f := startFile(t, "127.0.0.1:2379\n")
+	f.waitSet("127.0.0.1:2379")
+	stop := make(chan struct{})
+	busy := make(chan struct{})
+	go func() {
+		defer close(busy)
+		noisy := filepath.Join(filepath.Dir(f.path), "noisy.log")
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			os.WriteFile(noisy, []byte(strings.Repeat("x", i%100)), 0o644)
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-busy
+	}()
+	changed := time.Now()
+	f.write("127.0.0.1:12379\n")
+	f.waitSet("127.0.0.1:12379")
+	if took := time.Since(changed); took > time.Second {
+		t.Fatalf("the change was read %s after it was made, want within 1s", took)
+	}
 }

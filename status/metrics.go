@@ -1,6 +1,8 @@
 package status
 
 import (
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -18,7 +20,7 @@ const namespace = "etcd_gateway"
 type dialMetrics struct {
 	latency  *prometheus.HistogramVec
 	failures *prometheus.CounterVec
-	series   sync.Map // resolver.Endpoint → *dialSeries, so that a dial builds no label
+	series   sync.Map // resolver.HostPort → *dialSeries, so that a dial builds no label
 }
 
 // dialSeries are one endpoint's dial metrics.
@@ -43,16 +45,34 @@ func newDialMetrics() *dialMetrics {
 
 // Dialed records one dial.
 func (m *dialMetrics) Dialed(ep resolver.Endpoint, took time.Duration, err error) {
-	v, ok := m.series.Load(ep)
+	hp := ep.HostPort()
+	v, ok := m.series.Load(hp)
 	if !ok {
-		name := ep.String()
-		v, _ = m.series.LoadOrStore(ep, &dialSeries{m.latency.WithLabelValues(name), m.failures.WithLabelValues(name)})
+		name := hp.String()
+		v, _ = m.series.LoadOrStore(hp, &dialSeries{m.latency.WithLabelValues(name), m.failures.WithLabelValues(name)})
 	}
 	s := v.(*dialSeries)
 	s.latency.Observe(took.Seconds())
 	if err != nil {
 		s.failures.Inc()
 	}
+}
+
+// addresses returns every address with dial series.
+func (m *dialMetrics) addresses() []resolver.HostPort {
+	var out []resolver.HostPort
+	m.series.Range(func(k, _ any) bool {
+		out = append(out, k.(resolver.HostPort))
+		return true
+	})
+	return out
+}
+
+// forget drops the dial series of hp.
+func (m *dialMetrics) forget(hp resolver.HostPort) {
+	m.series.Delete(hp)
+	m.latency.DeleteLabelValues(hp.String())
+	m.failures.DeleteLabelValues(hp.String())
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -68,18 +88,82 @@ var (
 	lookupsDesc   = desc("srv_lookups_total", "SRV discovery lookups.")
 	lookupFails   = desc("srv_lookup_failures_total", "SRV discovery lookups that failed; the last good endpoint set was kept.")
 	buildDesc     = desc("build_info", "Always 1; the labels say which build runs.", "version", "commit", "goversion")
+	rotationDesc  = desc("rotation", "1 for what new connections go to now, 0 for the others: healthy endpoints, degraded ones "+
+		"(none healthy), last-resort (none healthy or degraded: every endpoint is tried and no connection is evicted), or none (no endpoint known).", "rotation")
 )
+
+var rotations = []health.Rotation{health.RotationHealthy, health.RotationDegraded, health.RotationLastResort, health.RotationNone}
+
+// seriesRetention is how long the series of an address that left the endpoint set stay, so
+// that a scrape sees its last counts; then they are dropped.
+const seriesRetention = 10 * time.Minute
 
 var states = []health.State{health.Healthy, health.Degraded, health.Down}
 
-// gatewayCollector reads the gateway's state at each scrape.
-type gatewayCollector struct{ src Sources }
+// gatewayCollector reads the gateway's state at each scrape, and collects the dial metrics.
+// Every series is keyed by address,
+// so there is one per member whatever its SRV records say; the series of an address that has
+// been out of the endpoint set for seriesRetention, with no connection, are dropped.
+type gatewayCollector struct {
+	src   Sources
+	dials *dialMetrics
+	now   func() time.Time
+
+	mu   sync.Mutex
+	gone map[resolver.HostPort]time.Time // when an address with series was first seen out of the set
+}
+
+func newGatewayCollector(src Sources, dials *dialMetrics) *gatewayCollector {
+	return &gatewayCollector{src: src, dials: dials, now: time.Now, gone: make(map[resolver.HostPort]time.Time)}
+}
+
+// prune drops the series of addresses out of the set for seriesRetention, and returns the
+// forwarding counters still to report.
+func (c *gatewayCollector) prune(snap *health.Snapshot) map[resolver.HostPort]listener.EndpointCounters {
+	counters := c.src.Forwarder.Counters()
+	known := make(map[resolver.HostPort]bool, len(snap.Known()))
+	for _, ep := range snap.Known() {
+		known[ep.HostPort()] = true
+	}
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := make(map[resolver.HostPort]bool)
+	for _, hp := range append(c.dials.addresses(), slices.Collect(maps.Keys(counters))...) {
+		if seen[hp] {
+			continue
+		}
+		seen[hp] = true
+		if known[hp] || counters[hp].Active > 0 {
+			delete(c.gone, hp)
+			continue
+		}
+		since, ok := c.gone[hp]
+		if !ok {
+			c.gone[hp] = now
+			continue
+		}
+		if now.Sub(since) >= seriesRetention && c.src.Forwarder.Forget(hp) {
+			c.dials.forget(hp)
+			delete(counters, hp)
+			delete(c.gone, hp)
+		}
+	}
+	for hp := range c.gone {
+		if !seen[hp] {
+			delete(c.gone, hp)
+		}
+	}
+	return counters
+}
 
 // Describe sends every metric's description.
 func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, totalDesc, bytesDesc, evictionsDesc, healthDesc, buildDesc} {
+	for _, d := range []*prometheus.Desc{activeDesc, totalDesc, bytesDesc, evictionsDesc, healthDesc, buildDesc, rotationDesc} {
 		ch <- d
 	}
+	c.dials.latency.Describe(ch)
+	c.dials.failures.Describe(ch)
 	if c.src.Discovery != nil {
 		ch <- lookupsDesc
 		ch <- lookupFails
@@ -90,10 +174,19 @@ func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(buildDesc, prometheus.GaugeValue, 1, version.Version(), version.Commit(), version.GoVersion())
 	snap := c.src.Table.Load()
-	counters := c.src.Forwarder.Counters()
+	counters := c.prune(snap)
+	c.dials.latency.Collect(ch) // after prune, so that no pruned series is sent
+	c.dials.failures.Collect(ch)
+	for _, r := range rotations {
+		v := 0.0
+		if r == snap.Rotation() {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(rotationDesc, prometheus.GaugeValue, v, string(r))
+	}
 	for _, ep := range snap.Known() {
-		if _, ok := counters[ep]; !ok {
-			counters[ep] = listener.EndpointCounters{}
+		if _, ok := counters[ep.HostPort()]; !ok {
+			counters[ep.HostPort()] = listener.EndpointCounters{}
 		}
 		state, _ := snap.State(ep)
 		for _, s := range states {
@@ -104,8 +197,8 @@ func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(healthDesc, prometheus.GaugeValue, v, ep.String(), s.String())
 		}
 	}
-	for ep, n := range counters {
-		name := ep.String()
+	for hp, n := range counters {
+		name := hp.String()
 		ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(n.Active), name)
 		ch <- prometheus.MustNewConstMetric(totalDesc, prometheus.CounterValue, float64(n.Total), name)
 		ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(n.Evicted), name)

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,12 +42,18 @@ type Sources struct {
 // Server is the status HTTP server, a suture service. Its socket is bound by Listen before the
 // tree starts, so a restart keeps the port.
 type Server struct {
-	ln    *net.TCPListener
-	src   Sources
-	reg   *prometheus.Registry
-	dials *dialMetrics
-	log   *zap.Logger
+	ln      *net.TCPListener
+	src     Sources
+	reg     *prometheus.Registry
+	dials   *dialMetrics
+	gateway *gatewayCollector
+	log     *zap.Logger
+	// draining is set when the gateway stops accepting: /readyz answers 503 from then on.
+	draining atomic.Bool
 }
+
+// Drain makes /readyz answer 503 "draining", for a gateway that no longer accepts clients.
+func (s *Server) Drain() { s.draining.Store(true) }
 
 var _ suture.Service = (*Server)(nil)
 
@@ -63,11 +70,11 @@ func Listen(ctx context.Context, addr string) (*net.TCPListener, error) {
 // New returns the status server of src on ln. It never closes ln; whoever bound it does.
 func New(ln *net.TCPListener, src Sources, log *zap.Logger) *Server {
 	s := &Server{ln: ln, src: src, reg: prometheus.NewRegistry(), dials: newDialMetrics(), log: log.Named("status")}
+	s.gateway = newGatewayCollector(src, s.dials)
 	s.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		s.dials.latency, s.dials.failures,
-		&gatewayCollector{src: src},
+		s.gateway,
 	)
 	return s
 }
@@ -81,7 +88,10 @@ func (s *Server) String() string { return "status/" + s.ln.Addr().String() }
 // Handler returns the server's routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(s.log)}))
+	// ContinueOnError: a metric that fails to collect is logged and left out; the scrape of
+	// everything else still answers 200.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{
+		ErrorLog: zap.NewStdLog(s.log), ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("GET /status", s.status)
@@ -126,6 +136,11 @@ func (k keepOpen) Close() error { return k.SetDeadline(time.Unix(1, 0)) }
 
 // readyz answers 200 when at least one endpoint is healthy, 503 with the reason otherwise.
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if s.draining.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "not ready: draining")
+		return
+	}
 	snap := s.src.Table.Load()
 	if snap.HealthyCount() > 0 {
 		fmt.Fprintf(w, "ok: %d of %d endpoints healthy\n", snap.HealthyCount(), len(snap.Known()))
@@ -150,8 +165,13 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 
 // Report is the /status document.
 type Report struct {
-	Version   string           `json:"version"`
-	Ready     bool             `json:"ready"`
+	Version  string `json:"version"`
+	Ready    bool   `json:"ready"`
+	Draining bool   `json:"draining"`
+	// Rotation is what new connections go to: "healthy", "degraded", "last-resort" (no endpoint
+	// healthy or degraded: the gateway serves from whatever answers and evicts nothing) or
+	// "none" (no endpoint known yet).
+	Rotation  string           `json:"rotation"`
 	Endpoints []EndpointReport `json:"endpoints"`
 }
 
@@ -179,7 +199,8 @@ type ProbeJSON struct {
 func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	snap := s.src.Table.Load()
 	counters := s.src.Forwarder.Counters()
-	rep := Report{Version: version.Version(), Ready: snap.HealthyCount() > 0, Endpoints: []EndpointReport{}}
+	rep := Report{Version: version.Version(), Ready: snap.HealthyCount() > 0 && !s.draining.Load(), Draining: s.draining.Load(),
+		Rotation: string(snap.Rotation()), Endpoints: []EndpointReport{}}
 	for _, ep := range snap.Known() {
 		state, _ := snap.State(ep)
 		er := EndpointReport{
@@ -189,7 +210,7 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 			State:             state.String(),
 			Reason:            snap.Reason(ep),
 			InRotation:        slices.Contains(snap.Available(), ep),
-			ActiveConnections: counters[ep].Active,
+			ActiveConnections: counters[ep.HostPort()].Active,
 		}
 		if ep.Target != "" {
 			er.Source = "srv"

@@ -56,7 +56,7 @@ func TestServerBeforeAnyEndpointAndAfterARestart(t *testing.T) {
 	}
 	defer ln.Close()
 	fwd := listener.NewForwarder(nil, zap.NewNop())
-	defer fwd.Shutdown(time.Second)
+	defer fwd.Shutdown(time.Second, nil)
 	s := New(ln, Sources{Table: health.NewTable(), Forwarder: fwd, StaticSource: "endpoints"}, zap.NewNop())
 
 	base, stop := serve(t, s)
@@ -88,11 +88,9 @@ func TestServerBeforeAnyEndpointAndAfterARestart(t *testing.T) {
 	}
 	stop()
 
-	// The supervisor restarts a failed server on the listener it was given.
-	base2, stop2 := serve(t, s)
-	if base2 != base {
-		t.Fatalf("restarted on %s, want %s", base2, base)
-	}
+	// The supervisor restarts a failed server on the listener it was given: the same port
+	// answers again.
+	_, stop2 := serve(t, s)
 	if code, _ := get(t, base+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz after a restart = %d", code)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/thejerf/suture/v4"
@@ -42,6 +43,12 @@ type Gateway struct {
 	statusLn *net.TCPListener // nil without --metrics-addr
 	fwd      *listener.Forwarder
 	tree     *suture.Supervisor
+	// statusTree runs the status server apart from the tree, so that it answers through the
+	// drain: /healthz 200, /readyz 503 "draining". nil without --metrics-addr.
+	statusTree *suture.Supervisor
+	status     *status.Server
+	cut        chan struct{} // closed by CutDrain
+	cutOnce    sync.Once
 }
 
 // New binds the listen address and builds the supervisor tree; nothing runs until Serve.
@@ -68,6 +75,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 		return nil, err
 	}
 	table := health.NewTable()
+	activity := health.NewActivity()
 	reports := health.NewReports(reportBuffer)
 	reprobe := health.NewReprobe()
 	updates := resolver.NewUpdates()
@@ -93,7 +101,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 		}
 	}
 	fwd := listener.NewForwarder(dial.Dial, log)
-	fwd.CountClients(table)
+	fwd.CountClients(activity)
 
 	hook := EventHook(log)
 	tree := suture.New("gateway", suture.Spec{EventHook: hook})
@@ -107,14 +115,17 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 	tree.Add(listenSup)
 	tree.Add(serviceHook(source))
 	tree.Add(serviceHook(&notifier{table: table, log: log.Named("supervisor")}))
+	var statusTree *suture.Supervisor
+	var statusSrv *status.Server
 	if statusLn != nil {
 		src := status.Sources{Table: table, Forwarder: fwd, StaticSource: staticSource}
 		if r, ok := source.(*resolver.Refresher); ok {
 			src.Discovery = r
 		}
-		srv := status.New(statusLn, src, log)
-		dial.Observe(srv.DialObserver())
-		tree.Add(serviceHook(srv))
+		statusSrv = status.New(statusLn, src, log)
+		dial.Observe(statusSrv.DialObserver())
+		statusTree = suture.New("status", suture.Spec{EventHook: hook})
+		statusTree.Add(serviceHook(statusSrv))
 	}
 	healthSup := suture.New("health", suture.Spec{EventHook: hook})
 	healthSup.Add(serviceHook(health.NewManager(health.ManagerConfig{
@@ -122,13 +133,19 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 		Updates:    updates,
 		Reports:    reports,
 		Reprobe:    reprobe,
+		Activity:   activity,
 		Probe:      probe,
 		ProberSpec: suture.Spec{EventHook: hook},
 		Log:        log,
 	})))
 	tree.Add(healthSup)
-	return &Gateway{cfg: cfg, log: log, ln: ln, statusLn: statusLn, fwd: fwd, tree: tree}, nil
+	return &Gateway{cfg: cfg, log: log, ln: ln, statusLn: statusLn, fwd: fwd, tree: tree,
+		statusTree: statusTree, status: statusSrv, cut: make(chan struct{})}, nil
 }
+
+// CutDrain ends a drain in progress at once, or the next one as soon as it starts: the
+// connections still open are closed. It is for a second SIGINT or SIGTERM.
+func (g *Gateway) CutDrain() { g.cutOnce.Do(func() { close(g.cut) }) }
 
 // Addr is the bound listen address.
 func (g *Gateway) Addr() net.Addr { return g.ln.Addr() }
@@ -150,18 +167,37 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		zap.String("health_check", string(g.cfg.Health.Check)),
 		zap.Duration("health_interval", g.cfg.Health.Interval),
 		zap.Bool("evict_unhealthy", g.cfg.Health.Evict))
-	stopAccepting := context.AfterFunc(ctx, func() { g.ln.Close() })
+	stopAccepting := context.AfterFunc(ctx, func() {
+		g.ln.Close()
+		if g.status != nil {
+			g.status.Drain()
+		}
+	})
 	defer stopAccepting()
+	statusCtx, stopStatus := context.WithCancel(context.Background())
+	defer stopStatus()
+	var statusDone <-chan error
+	if g.statusTree != nil {
+		statusDone = g.statusTree.ServeBackground(statusCtx)
+	}
 	err := g.tree.Serve(ctx)
 	g.ln.Close()
+	if g.status != nil {
+		g.status.Drain()
+	}
 	notifyStopping(g.log)
 	active := g.fwd.Active()
 	if active > 0 {
-		g.log.Info("draining connections", zap.Int("active_connections", active),
-			zap.Duration("shutdown_timeout", g.cfg.ShutdownTimeout))
+		g.log.Info("draining connections; a second SIGINT or SIGTERM closes them at once",
+			zap.Int("active_connections", active), zap.Duration("shutdown_timeout", g.cfg.ShutdownTimeout))
 	}
-	closed := g.fwd.Shutdown(g.cfg.ShutdownTimeout)
-	if g.statusLn != nil {
+	closed, cut := g.fwd.Shutdown(g.cfg.ShutdownTimeout, g.cut)
+	if cut {
+		g.log.Warn("drain ended by a second signal", zap.Int("connections_closed", closed))
+	}
+	if g.statusTree != nil {
+		stopStatus()
+		<-statusDone
 		g.statusLn.Close()
 	}
 	g.log.Info("gateway stopped", zap.Int("connections_closed", closed))

@@ -60,7 +60,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "etcd-gateway: unknown command %q; run 'etcd-gateway start --help'\n", args[0])
 		return exitUsage
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// The first SIGINT or SIGTERM stops accepting and drains; a second one ends the drain at once.
+	stopSignals := make(chan os.Signal, 2)
+	signal.Notify(stopSignals, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(stopSignals)
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	// SIGHUP reads --endpoints-file again; without one it does nothing, and never ends the
 	// gateway (its default action), which would drop every connection on a reload.
@@ -90,11 +94,39 @@ func run(args []string, stdout, stderr io.Writer) int {
 		stopHUP()
 		<-hupDone
 	}()
+	served := make(chan struct{})
+	signalsDone := make(chan struct{})
+	go func() {
+		defer close(signalsDone)
+		followStopSignals(stopSignals, served, stop, gw.CutDrain, log)
+	}()
+	defer func() {
+		close(served)
+		<-signalsDone
+	}()
 	if err := gw.Serve(ctx); err != nil {
 		log.Error("gateway failed", zap.Error(err))
 		return exitFailure
 	}
 	return exitOK
+}
+
+// followStopSignals turns the first SIGINT or SIGTERM into stop (stop accepting, then drain)
+// and the second into cut (end the drain at once), until served is closed.
+func followStopSignals(sigs <-chan os.Signal, served <-chan struct{}, stop, cut func(), log *zap.Logger) {
+	for first := true; ; first = false {
+		select {
+		case sig := <-sigs:
+			if first {
+				log.Info("stopping: no new connections; live ones may finish", zap.Stringer("signal", sig))
+				stop()
+				continue
+			}
+			cut()
+		case <-served:
+			return
+		}
+	}
 }
 
 // newLogger builds the one logger of the process, writing to stderr.

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -375,7 +377,9 @@ func TestSIGTERMWithActiveStreams(t *testing.T) {
 	backend := testnet.Serve(t, func(c *net.TCPConn) { testnet.EchoBuffered(c) })
 	listen := freeAddr(t)
 	const shutdownTimeout = 3 * time.Second
-	p := startProcess(t, 0, listen, "--endpoints="+backend.Addr(), "--shutdown-timeout="+shutdownTimeout.String(), "--health-check=tcp")
+	metrics := freeAddr(t)
+	p := startProcess(t, 0, listen, "--endpoints="+backend.Addr(), "--shutdown-timeout="+shutdownTimeout.String(), "--health-check=tcp",
+		"--metrics-addr="+metrics)
 
 	const streams, stuck = 100, 5 // the last 5 never finish
 	type result struct {
@@ -426,17 +430,26 @@ func TestSIGTERMWithActiveStreams(t *testing.T) {
 	for range streams {
 		<-connected
 	}
-	time.Sleep(200 * time.Millisecond) // every stream is proxied
+	if !testnet.Eventually(defaultTestTimeout, func() bool { return activeConnections(t, metrics) >= streams }) {
+		t.Fatalf("%d connections proxied, want %d", activeConnections(t, metrics), streams)
+	}
 	began := time.Now()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	close(terminated)
-	time.Sleep(100 * time.Millisecond)
-	if c, err := net.DialTimeout("tcp", listen, 100*time.Millisecond); err == nil {
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		if n, _ := c.Read(make([]byte, 1)); n > 0 {
-			t.Error("a new connection was served after SIGTERM")
+	// The listening socket closes as soon as the signal is handled: from then on new clients
+	// are refused.
+	refused := func() bool {
+		c, err := net.DialTimeout("tcp", listen, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
 		}
-		c.Close()
+		return err != nil
+	}
+	if !testnet.Eventually(defaultTestTimeout, refused) {
+		t.Error("new connections still accepted after SIGTERM")
+	}
+	if !refused() {
+		t.Error("a new connection was accepted after the listening socket closed")
 	}
 	intact := 0
 	for i := range streams {
@@ -526,12 +539,21 @@ func TestClientThatNeverReadsDoesNotStallOthers(t *testing.T) {
 	}
 	defer hog.Close()
 	hogged := make(chan int64, 1)
+	var written atomic.Int64
 	go func() { // writes until the buffers on the way are full and the write blocks for good
 		hog.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		n, _ := io.Copy(hog, io.LimitReader(zeros{}, 1<<30))
+		n, _ := io.Copy(countingWriter{hog, &written}, io.LimitReader(zeros{}, 1<<30))
 		hogged <- n
 	}()
-	time.Sleep(500 * time.Millisecond)
+	// Wait until the hog is stalled: its writes stop making progress.
+	if !testnet.Eventually(defaultTestTimeout, func() bool {
+		before := written.Load()
+		settle := time.NewTimer(50 * time.Millisecond)
+		<-settle.C
+		return before > 0 && written.Load() == before
+	}) {
+		t.Fatal("the non-reading client never stalled")
+	}
 	var wg sync.WaitGroup
 	var slowest atomic.Int64
 	for range 10 {
@@ -569,6 +591,98 @@ func TestClientThatNeverReadsDoesNotStallOthers(t *testing.T) {
 	t.Logf("non-reading client stalled after %d MiB; slowest of 2,000 round trips of the others: %s", n>>20, time.Duration(slowest.Load()))
 	if time.Duration(slowest.Load()) > time.Second {
 		t.Errorf("a round trip of another client took %s while one client did not read", time.Duration(slowest.Load()))
+	}
+}
+
+// countingWriter counts what it writes.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// getStatus does GET path on a gateway's --metrics-addr and returns the status and body; 0
+// when it could not connect.
+func getStatus(addr, path string) (int, string) {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// activeConnections sums etcd_gateway_endpoint_connections_active on a gateway's
+// --metrics-addr.
+func activeConnections(t *testing.T, addr string) int {
+	_, body := getStatus(addr, "/metrics")
+	total := 0
+	for _, line := range strings.Split(body, "\n") {
+		if rest, ok := strings.CutPrefix(line, "etcd_gateway_endpoint_connections_active{"); ok {
+			_, value, _ := strings.Cut(rest, "} ")
+			n, _ := strconv.Atoi(value)
+			total += n
+		}
+	}
+	return total
+}
+
+// Through a drain, /healthz answers 200 and /readyz 503 "draining"; a second SIGTERM ends the
+// drain at once, with one line that counts the connections it closed, and exit status 0.
+func TestDrainAnswersHealthAndASecondSignalEndsIt(t *testing.T) {
+	backend := testnet.Serve(t, func(c *net.TCPConn) { testnet.EchoBuffered(c) })
+	listen, metrics := freeAddr(t), freeAddr(t)
+	p := startProcess(t, 0, listen, "--endpoints="+backend.Addr(), "--health-check=tcp", "--shutdown-timeout=1m",
+		"--metrics-addr="+metrics)
+	for range 3 {
+		c, err := net.Dial("tcp", listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		echo(t, c, "live")
+	}
+	if code, body := getStatus(metrics, "/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz before the drain = %d %q", code, body)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if !testnet.Eventually(defaultTestTimeout, func() bool {
+		code, body := getStatus(metrics, "/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "draining")
+	}) {
+		code, body := getStatus(metrics, "/readyz")
+		t.Fatalf("/readyz during the drain = %d %q, want 503 draining", code, body)
+	}
+	if code, body := getStatus(metrics, "/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz during the drain = %d %q, want 200", code, body)
+	}
+	select {
+	case <-p.done:
+		t.Fatalf("the gateway exited during a drain of a minute: %s", p.stderr)
+	default:
+	}
+	began := time.Now()
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit status %d after a second SIGTERM: %s", code, p.stderr)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("exited %s after the second SIGTERM, want at once", took)
+	}
+	var cutLines []string
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		if strings.Contains(line, "drain ended by a second signal") {
+			cutLines = append(cutLines, line)
+		}
+	}
+	if len(cutLines) != 1 || !strings.Contains(cutLines[0], `"connections_closed":3`) {
+		t.Fatalf("log lines about the cut drain: %q, want one that counts 3 connections", cutLines)
 	}
 }
 

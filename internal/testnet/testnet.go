@@ -222,3 +222,17 @@ func KeepAlive(t testing.TB, c *net.TCPConn) bool {
 	}
 	return on != 0
 }
+
+// Eventually polls cond every few milliseconds until it holds or d has passed, and reports
+// whether it held: the way tests wait for a state, instead of sleeping.
+func Eventually(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		poll := time.NewTimer(5 * time.Millisecond)
+		<-poll.C
+	}
+	return true
+}
