@@ -14,6 +14,14 @@ import (
 	"github.com/prometheus/common/model"
 )
 
+// startGatewayWithStatus is startGatewayArgs with a --metrics-addr, and a client of it.
+func startGatewayWithStatus(t *testing.T, args ...string) (*gateway, statusClient) {
+	t.Helper()
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	gw := startGatewayArgs(t, append(args, "--metrics-addr="+metricsAddr)...)
+	return gw, statusClient{t: t, base: "http://" + metricsAddr}
+}
+
 // statusClient reads a gateway's --metrics-addr.
 type statusClient struct {
 	t    *testing.T
@@ -86,6 +94,8 @@ func sum(mfs map[string]*dto.MetricFamily, name string, want map[string]string) 
 type statusDoc struct {
 	Version   string `json:"version"`
 	Ready     bool   `json:"ready"`
+	Draining  bool   `json:"draining"`
+	Rotation  string `json:"rotation"`
 	Endpoints []struct {
 		Endpoint   string `json:"endpoint"`
 		Source     string `json:"source"`
@@ -123,9 +133,7 @@ func (s statusClient) status() statusDoc {
 func TestMetricsAndStatus(t *testing.T) {
 	t.Parallel()
 	members := startCluster(t, 3)
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	gw := startGateway(t, members, "--metrics-addr="+metricsAddr)
-	sc := statusClient{t: t, base: "http://" + metricsAddr}
+	gw, sc := startGatewayWithStatus(t, "--endpoints="+endpointsOf(members))
 
 	if code, body := sc.get("/healthz"); code != http.StatusOK {
 		t.Fatalf("/healthz = %d %q", code, body)

@@ -56,11 +56,14 @@ type checker struct {
 
 func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg TLSConfig) *checker {
 	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}, now: time.Now}
+	// Every probe is a new connection, as a new client's would be: a member that serves the
+	// connections it has but accepts no new one (out of descriptors, a full accept queue)
+	// must not look healthy. Heartbeats keep their connection: they ask whether the process
+	// answers at all.
 	transport := &http.Transport{
-		DialContext:         c.dialer.DialContext,
-		MaxIdleConnsPerHost: 2, // the readiness and the liveness request
-		IdleConnTimeout:     time.Minute,
-		DisableCompression:  true,
+		DialContext:        c.dialer.DialContext,
+		DisableKeepAlives:  true,
+		DisableCompression: true,
 	}
 	if ep.TLS {
 		roots := tlsCfg.Roots

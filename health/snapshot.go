@@ -134,6 +134,7 @@ func (s *Snapshot) Changed() <-chan struct{} { return s.changed }
 type Table struct {
 	cur    atomic.Pointer[Snapshot]
 	probes sync.Map // resolver.HostPort → *Probe
+	probed wakeup   // fired when a probe is recorded
 }
 
 // Probe is the outcome of one probe of an endpoint.
@@ -153,7 +154,13 @@ func (t *Table) LastProbe(ep resolver.Endpoint) (Probe, bool) {
 	return *v.(*Probe), true
 }
 
-func (t *Table) recordProbe(hp resolver.HostPort, p Probe) { t.probes.Store(hp, &p) }
+// Probed returns a channel closed when the next probe of any endpoint is recorded.
+func (t *Table) Probed() <-chan struct{} { return t.probed.wait() }
+
+func (t *Table) recordProbe(hp resolver.HostPort, p Probe) {
+	t.probes.Store(hp, &p)
+	t.probed.fire()
+}
 
 func (t *Table) forgetProbes(hp resolver.HostPort) { t.probes.Delete(hp) }
 

@@ -16,55 +16,101 @@ const evictionSpread = time.Second
 
 // Evictor closes the proxied connections of an endpoint that is worse than another, so that
 // their clients reconnect through the gateway to a better member: a down endpoint's while
-// another is healthy or degraded, a degraded endpoint's while another is healthy. When nothing
-// better exists it closes nothing: the evidence may be wrong (a member that stops accepting
-// new connections can still serve the ones it has), and closing would only hurt clients.
+// another is healthy or degraded, a degraded endpoint's while another is healthy.
+//
+// The evidence may be wrong, and closing a working connection hurts its client, so it acts
+// only on proof that the other member is better now: a probe of it, begun after this endpoint
+// turned worse, found it better. It asks for that probe at once. A member that stops accepting
+// new connections looks down to its probes while it still serves the connections it has; when
+// every member does so, none is proven better, and nothing is closed.
 type Evictor struct {
-	table *health.Table
-	fwd   *Forwarder
-	log   *zap.Logger
+	table   *health.Table
+	fwd     *Forwarder
+	reprobe health.Reprobe
+	log     *zap.Logger
+	now     func() time.Time
 }
 
 var _ suture.Service = (*Evictor)(nil)
 
-// NewEvictor returns an Evictor of fwd's connections that follows table.
-func NewEvictor(table *health.Table, fwd *Forwarder, log *zap.Logger) *Evictor {
-	return &Evictor{table: table, fwd: fwd, log: log.Named("listener")}
+// NewEvictor returns an Evictor of fwd's connections that follows table and asks for probes
+// on reprobe.
+func NewEvictor(table *health.Table, fwd *Forwarder, reprobe health.Reprobe, log *zap.Logger) *Evictor {
+	return &Evictor{table: table, fwd: fwd, reprobe: reprobe, log: log.Named("listener"), now: time.Now}
 }
 
 // String names the service in supervisor events.
 func (e *Evictor) String() string { return "listener/evictor" }
 
-// Serve watches the snapshots until ctx ends. It starts from nothing evictable, so that a
-// restarted Evictor closes the connections of an endpoint that went down while it was not
-// running.
+// Serve watches the snapshots and the probes until ctx ends. It starts from nothing evicted,
+// so that a restarted Evictor closes the connections of an endpoint that went down while it
+// was not running.
 func (e *Evictor) Serve(ctx context.Context) error {
-	var prev *health.Snapshot
+	worseSince := map[resolver.HostPort]time.Time{} // evictable endpoints not evicted yet
+	evicted := map[resolver.HostPort]bool{}         // evicted, and evictable since
 	for {
-		cur := e.table.Load()
+		cur, probed := e.table.Load(), e.table.Probed()
 		for _, ep := range cur.Known() {
-			if !evictable(cur, ep) || prev != nil && evictable(prev, ep) {
+			hp := ep.HostPort()
+			if !evictable(cur, ep) {
+				delete(worseSince, hp)
+				delete(evicted, hp)
 				continue
 			}
+			if _, waiting := worseSince[hp]; !waiting && !evicted[hp] {
+				worseSince[hp] = e.now()
+				e.reprobe.Offer()
+			}
+		}
+		for hp, since := range worseSince {
+			ep, better, ok := e.provenBetter(cur, hp, since)
+			if !ok {
+				continue
+			}
+			delete(worseSince, hp)
+			evicted[hp] = true
 			state, _ := cur.State(ep)
-			if n := e.fwd.Evict(ctx, ep.HostPort(), evictionSpread); n > 0 {
-				e.log.Info("closed connections to an endpoint worse than another; their clients reconnect to a better one",
-					zap.Stringer("endpoint", ep), zap.Stringer("state", state), zap.Stringer("best_state", cur.Best()),
+			if n := e.fwd.Evict(ctx, hp, evictionSpread); n > 0 {
+				e.log.Info("closed connections to an endpoint worse than another; their clients reconnect to the better one",
+					zap.Stringer("endpoint", ep), zap.Stringer("state", state), zap.Stringer("better", better),
 					zap.Int("connections", n))
 			}
 		}
-		prev = cur
 		select {
 		case <-cur.Changed():
+		case <-probed:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// evictable reports whether connections to ep should be closed in snap: another endpoint is
-// in a better state.
+// evictable reports whether ep is worse than another endpoint in snap.
 func evictable(snap *health.Snapshot, ep resolver.Endpoint) bool {
 	state, known := snap.State(ep)
 	return known && state < snap.Best()
+}
+
+// provenBetter returns the endpoint at hp, and another endpoint in a better state whose last
+// probe began at or after since and found it so; ok is false when there is none.
+func (e *Evictor) provenBetter(snap *health.Snapshot, hp resolver.HostPort, since time.Time) (ep, better resolver.Endpoint, ok bool) {
+	for _, k := range snap.Known() {
+		if k.HostPort() == hp {
+			ep = k
+		}
+	}
+	state, known := snap.State(ep)
+	if !known {
+		return ep, better, false
+	}
+	for _, other := range snap.Known() {
+		st, _ := snap.State(other)
+		if st <= state {
+			continue
+		}
+		if p, probed := e.table.LastProbe(other); probed && !p.At.Before(since) && p.Result > state {
+			return ep, other, true
+		}
+	}
+	return ep, better, false
 }

@@ -17,7 +17,8 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
-// When an endpoint turns down, the evictor closes the connections proxied to it, and only those.
+// When an endpoint turns down, the evictor closes the connections proxied to it, and only
+// those, once a fresh probe has found the other one better.
 func TestEvictorClosesConnectionsOfADownEndpoint(t *testing.T) {
 	testEviction(t, false)
 }
@@ -29,8 +30,10 @@ func TestEvictorStartedLateClosesConnectionsOfADownEndpoint(t *testing.T) {
 }
 
 // evictionFixture is a gateway's forwarding and health parts over two named backends, "sick"
-// and "fine", with six connections spread over both.
+// and "fine", each behind a relay that can stop accepting new connections, with six
+// connections spread over both.
 type evictionFixture struct {
+	relays  map[string]*testnet.Relay
 	table   *health.Table
 	reports health.Reports
 	fwd     *Forwarder
@@ -42,20 +45,28 @@ type evictionFixture struct {
 }
 
 func newEvictionFixture(t *testing.T, startEvictor bool) *evictionFixture {
-	sick, fine := testnet.Named(t, "sick"), testnet.Named(t, "fine")
-	f := &evictionFixture{conns: map[string][]net.Conn{}}
+	f := &evictionFixture{conns: map[string][]net.Conn{}, relays: map[string]*testnet.Relay{}}
+	for _, name := range []string{"sick", "fine"} {
+		r, err := testnet.StartRelay(testnet.Named(t, name).Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(r.Close)
+		f.relays[name] = r
+	}
 	var err error
-	if f.sickEP, err = resolver.ParseEndpoint(sick.Addr()); err != nil {
+	if f.sickEP, err = resolver.ParseEndpoint(f.relays["sick"].Addr()); err != nil {
 		t.Fatal(err)
 	}
-	if f.fineEP, err = resolver.ParseEndpoint(fine.Addr()); err != nil {
+	if f.fineEP, err = resolver.ParseEndpoint(f.relays["fine"].Addr()); err != nil {
 		t.Fatal(err)
 	}
 	eps := resolver.Normalize([]resolver.Endpoint{f.sickEP, f.fineEP})
 	updates := resolver.NewUpdates()
 	f.table, f.reports = health.NewTable(), health.NewReports(8)
+	reprobe := health.NewReprobe()
 	updates.Publish(eps)
-	manager := health.NewManager(health.ManagerConfig{Table: f.table, Updates: updates, Reports: f.reports, Reprobe: health.NewReprobe(),
+	manager := health.NewManager(health.ManagerConfig{Table: f.table, Updates: updates, Reports: f.reports, Reprobe: reprobe,
 		Probe: health.ProbeConfig{Mode: health.CheckTCP, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour, Rise: 1, Fall: 1},
 		Log:   zap.NewNop()})
 	ln := testnet.LocalListener(t)
@@ -69,7 +80,7 @@ func newEvictionFixture(t *testing.T, startEvictor bool) *evictionFixture {
 			svc.Serve(ctx)
 		}()
 	}
-	f.evictor = NewEvictor(f.table, f.fwd, zaptest.NewLogger(t))
+	f.evictor = NewEvictor(f.table, f.fwd, reprobe, zaptest.NewLogger(t))
 	f.run(manager)
 	f.run(NewService(ln, f.fwd, zap.NewNop()))
 	if startEvictor {
@@ -132,6 +143,9 @@ func expectClosed(t *testing.T, c net.Conn) {
 func testEviction(t *testing.T, startEvictorLate bool) {
 	f := newEvictionFixture(t, !startEvictorLate)
 	began := time.Now()
+	if err := f.relays["sick"].StopAccepting(testnet.Refuse); err != nil {
+		t.Fatal(err)
+	}
 	f.reports <- health.Report{Endpoint: f.sickEP, Evidence: health.DialRefused, State: health.Down, Reason: "test"}
 	if startEvictorLate {
 		f.waitRotation(t, func(s *health.Snapshot) bool { return len(s.Available()) == 1 })
@@ -155,7 +169,10 @@ func testEviction(t *testing.T, startEvictorLate bool) {
 // closed. When one endpoint is healthy again, the others' clients move to it.
 func TestEvictorClosesNothingWhenNothingIsBetter(t *testing.T) {
 	f := newEvictionFixture(t, true)
-	for _, ep := range []resolver.Endpoint{f.sickEP, f.fineEP} {
+	for name, ep := range map[string]resolver.Endpoint{"sick": f.sickEP, "fine": f.fineEP} {
+		if err := f.relays[name].StopAccepting(testnet.Refuse); err != nil {
+			t.Fatal(err)
+		}
 		f.reports <- health.Report{Endpoint: ep, Evidence: health.DialRefused, State: health.Down, Reason: "test: stops accepting"}
 	}
 	f.waitRotation(t, func(s *health.Snapshot) bool { return s.Rotation() == health.RotationLastResort })
@@ -172,6 +189,9 @@ func TestEvictorClosesNothingWhenNothingIsBetter(t *testing.T) {
 		}
 	}
 
+	if err := f.relays["fine"].Resume(); err != nil {
+		t.Fatal(err)
+	}
 	f.reports <- health.Report{Endpoint: f.fineEP, Evidence: health.Probed, State: health.Healthy, At: time.Now()}
 	for _, c := range f.conns["sick"] {
 		expectClosed(t, c)

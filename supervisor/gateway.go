@@ -110,7 +110,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 	listenSup := suture.New("listener", suture.Spec{EventHook: hook, FailureBackoff: time.Second})
 	listenSup.Add(serviceHook(listener.NewService(ln, fwd, log)))
 	if cfg.Health.Evict {
-		listenSup.Add(serviceHook(listener.NewEvictor(table, fwd, log)))
+		listenSup.Add(serviceHook(listener.NewEvictor(table, fwd, reprobe, log)))
 	}
 	tree.Add(listenSup)
 	tree.Add(serviceHook(source))

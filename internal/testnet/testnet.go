@@ -4,11 +4,8 @@
 package testnet
 
 import (
-	"errors"
-	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -160,48 +157,7 @@ func SYNDropper(t testing.TB) string {
 
 // ListenSYNDropper is SYNDropper for programs: it returns the address and a function that
 // closes the socket and the connections that fill its queue.
-func ListenSYNDropper() (addr string, closeAll func(), err error) {
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return "", nil, fmt.Errorf("socket: %w", err)
-	}
-	var fill []net.Conn
-	closeAll = func() {
-		for _, c := range fill {
-			c.Close()
-		}
-		syscall.Close(fd)
-	}
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		closeAll()
-		return "", nil, fmt.Errorf("bind: %w", err)
-	}
-	// A backlog of 0 holds one connection in the accept queue.
-	if err := syscall.Listen(fd, 0); err != nil {
-		closeAll()
-		return "", nil, fmt.Errorf("listen: %w", err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		closeAll()
-		return "", nil, fmt.Errorf("getsockname: %w", err)
-	}
-	addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
-	for range 16 {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return addr, closeAll, nil
-		}
-		if err != nil {
-			closeAll()
-			return "", nil, fmt.Errorf("fill accept queue of %s: %w", addr, err)
-		}
-		fill = append(fill, c)
-	}
-	closeAll()
-	return "", nil, fmt.Errorf("accept queue of %s never filled", addr)
-}
+func ListenSYNDropper() (addr string, closeAll func(), err error) { return listenFull(0) }
 
 // KeepAlive reports whether TCP keep-alive is on for c.
 func KeepAlive(t testing.TB, c *net.TCPConn) bool {

@@ -1,0 +1,261 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+)
+
+// getters are long-lived clientv3 clients through the gateway, each on a connection of its
+// own, each doing a Get every 100 ms until stopped.
+type getters struct {
+	mu      sync.Mutex
+	results [][]getResult // per client
+	stop    chan struct{}
+	stopped sync.Once
+	wg      sync.WaitGroup
+}
+
+type getResult struct {
+	started, ended time.Time
+	member         uint64
+	err            error
+}
+
+func startGetters(t *testing.T, addr string, n int) *getters {
+	t.Helper()
+	g := &getters{results: make([][]getResult, n), stop: make(chan struct{})}
+	for i := range n {
+		cl := newClient(t, addr)
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			tick := time.NewTicker(100 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				started := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				resp, err := cl.Get(ctx, "stop-accepting")
+				cancel()
+				r := getResult{started: started, ended: time.Now(), err: err}
+				if err == nil {
+					r.member = resp.Header.MemberId
+				}
+				g.mu.Lock()
+				g.results[i] = append(g.results[i], r)
+				g.mu.Unlock()
+				select {
+				case <-g.stop:
+					return
+				case <-tick.C:
+				}
+			}
+		}()
+	}
+	t.Cleanup(g.finish)
+	return g
+}
+
+// finish stops every client's loop.
+func (g *getters) finish() {
+	g.stopped.Do(func() { close(g.stop) })
+	g.wg.Wait()
+}
+
+// each calls f with every client's results so far.
+func (g *getters) each(f func(client int, rs []getResult)) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i, rs := range g.results {
+		f(i, rs)
+	}
+}
+
+// servedSince reports whether every client had a Get succeed that started at or after from.
+func (g *getters) servedSince(from time.Time) bool {
+	all := true
+	g.each(func(_ int, rs []getResult) {
+		served := false
+		for _, r := range rs {
+			served = served || r.err == nil && !r.started.Before(from)
+		}
+		all = all && served
+	})
+	return all
+}
+
+// failuresSince returns the Gets started at or after from that failed.
+func (g *getters) failuresSince(from time.Time) (total int, failed []string) {
+	g.each(func(client int, rs []getResult) {
+		for _, r := range rs {
+			if r.started.Before(from) {
+				continue
+			}
+			total++
+			if r.err != nil {
+				failed = append(failed, fmt.Sprintf("client %d, %s after: %v", client, r.started.Sub(from).Round(time.Millisecond), r.err))
+			}
+		}
+	})
+	return total, failed
+}
+
+// Every member stops accepting new connections but keeps serving the ones it has (seen from
+// the network: out of descriptors, or a full accept queue). The gateway finds them all down,
+// but with nothing better to move clients to it closes nothing: 16 long-lived clients see no
+// failure. When one member accepts again, the others' clients move to it and every client is
+// served within 2 s of the gateway finding it healthy.
+func TestAllMembersStopAccepting(t *testing.T) {
+	t.Parallel()
+	members := startCluster(t, 3)
+	for _, mode := range []testnet.StopMode{testnet.Refuse, testnet.FullBacklog} {
+		t.Run(mode.String(), func(t *testing.T) { testStopAccepting(t, members, mode) })
+	}
+}
+
+func testStopAccepting(t *testing.T, members []*member, mode testnet.StopMode) {
+	var relays []*testnet.Relay
+	var addrs []string
+	for _, m := range members {
+		r, err := testnet.StartRelay(m.client)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(r.Close)
+		relays = append(relays, r)
+		addrs = append(addrs, r.Addr())
+	}
+	gw, sc := startGatewayWithStatus(t, "--endpoints="+strings.Join(addrs, ","))
+	if !eventually(defaultTestTimeout, func() bool { return sc.status().Rotation == "healthy" }) {
+		t.Fatalf("never healthy: %+v", sc.status())
+	}
+	const clients = 16
+	g := startGetters(t, gw.addr, clients)
+	began := time.Now()
+	if !eventually(defaultTestTimeout, func() bool { return g.servedSince(began) }) {
+		t.Fatal("not every client was served before the fault")
+	}
+	onMember := map[uint64]int{}
+	g.each(func(_ int, rs []getResult) { onMember[rs[len(rs)-1].member]++ })
+
+	stopped := time.Now()
+	for _, r := range relays {
+		if err := r.StopAccepting(mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !eventually(defaultTestTimeout, func() bool { return sc.status().Rotation == "last-resort" }) {
+		t.Fatalf("the gateway never found every member down: %+v", sc.status())
+	}
+	found := time.Since(stopped)
+	window := time.NewTimer(3 * time.Second) // clients keep working on their connections
+	<-window.C
+	total, failed := g.failuresSince(stopped)
+	for _, f := range failed {
+		t.Errorf("a Get failed while every member stopped accepting: %s", f)
+	}
+	if total < clients*20 {
+		t.Errorf("only %d Gets after the members stopped accepting: the clients did not run", total)
+	}
+	mfs := sc.metrics()
+	if evicted, _ := sum(mfs, "etcd_gateway_endpoint_evictions_total", nil); evicted != 0 {
+		t.Errorf("%v connections evicted with no member better than another", evicted)
+	}
+	if rot, _ := sum(mfs, "etcd_gateway_rotation", map[string]string{"rotation": "last-resort"}); rot != 1 {
+		t.Errorf("etcd_gateway_rotation{rotation=last-resort} = %v, want 1", rot)
+	}
+	if n := strings.Count(gw.proc.out.String(), "serving from whatever answers"); n != 1 {
+		t.Errorf("logged %d times that the gateway serves from whatever answers, want once", n)
+	}
+	t.Logf("%s: every member down after %s; %d Gets in the next %s, %d failed, 0 evictions; clients per member %v",
+		mode, found.Round(time.Millisecond), total, time.Since(stopped).Round(time.Millisecond), len(failed), onMember)
+
+	if err := relays[0].Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(defaultTestTimeout, func() bool { return sc.status().Rotation == "healthy" }) {
+		t.Fatalf("the member that accepts again never came back: %+v", sc.status())
+	}
+	healthy := time.Now()
+	if !eventually(defaultTestTimeout, func() bool { return g.servedSince(healthy) }) {
+		t.Fatal("not every client was served after one member accepted again")
+	}
+	g.finish()
+	target := memberID(t, &cluster{}, members[0])
+	slowest := time.Duration(0)
+	g.each(func(client int, rs []getResult) {
+		for _, r := range rs {
+			if r.err == nil && !r.started.Before(healthy) {
+				slowest = max(slowest, r.ended.Sub(healthy))
+				if r.member != target {
+					t.Errorf("client %d served by member %x after the others' clients moved, want %x", client, r.member, target)
+				}
+				return
+			}
+		}
+	})
+	if slowest > 2*time.Second {
+		t.Errorf("the last client was served %s after a member was healthy again, want within 2s", slowest)
+	}
+	t.Logf("%s: one member accepting again; every client served on it within %s", mode, slowest.Round(time.Millisecond))
+}
+
+// The gateway itself is paused for 1.5 s (SIGSTOP, then SIGCONT): its timeouts fire late, and
+// that is no evidence against any member. No member leaves rotation, no connection is closed,
+// and no Get started after the resume fails.
+func TestGatewayPaused(t *testing.T) {
+	t.Parallel()
+	members := startCluster(t, 3)
+	gw, sc := startGatewayWithStatus(t, "--endpoints="+endpointsOf(members))
+	const clients = 16
+	g := startGetters(t, gw.addr, clients)
+	began := time.Now()
+	if !eventually(defaultTestTimeout, func() bool { return g.servedSince(began) }) {
+		t.Fatal("not every client was served before the pause")
+	}
+	connections, _ := sum(sc.metrics(), "etcd_gateway_endpoint_connections_total", nil)
+	changesBefore := strings.Count(gw.proc.out.String(), "endpoint state changed")
+
+	pid := gw.proc.cmd.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if err := testnet.WaitStopped(pid); err != nil {
+		syscall.Kill(pid, syscall.SIGCONT)
+		t.Fatal(err)
+	}
+	pause := time.NewTimer(1500 * time.Millisecond)
+	<-pause.C
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	window := time.NewTimer(3 * time.Second) // time for late timeouts to do any harm
+	<-window.C
+	g.finish()
+
+	total, failed := g.failuresSince(resumed)
+	for _, f := range failed {
+		t.Errorf("a Get started after the resume failed: %s", f)
+	}
+	if total < clients*20 {
+		t.Errorf("only %d Gets after the resume", total)
+	}
+	if n := strings.Count(gw.proc.out.String(), "endpoint state changed") - changesBefore; n != 0 {
+		t.Errorf("%d members changed state because the gateway was paused:\n%s", n, gw.proc.out)
+	}
+	mfs := sc.metrics()
+	if after, _ := sum(mfs, "etcd_gateway_endpoint_connections_total", nil); after != connections {
+		t.Errorf("%v connections before the pause, %v after: clients had to reconnect", connections, after)
+	}
+	if evicted, _ := sum(mfs, "etcd_gateway_endpoint_evictions_total", nil); evicted != 0 {
+		t.Errorf("%v connections evicted", evicted)
+	}
+	t.Logf("paused 1.5 s: %d Gets after the resume, %d failed, no state change, no connection closed", total, len(failed))
+}
