@@ -147,3 +147,78 @@ func TestSRVDiscoveryTLSMembers(t *testing.T) {
 		t.Errorf("no log line says why m2 was left out:\n%s", out)
 	}
 }
+
+// /metrics answers 200 with one series per member address through SRV changes that list one
+// address in several ways: a weight and priority change, the same address under both SRV
+// names, and two targets on one IP.
+func TestMetricsThroughSRVChanges(t *testing.T) {
+	t.Parallel()
+	c := launchCluster(t, 3, &cluster{scheme: "http", flags: func(string) []string { return nil }})
+	zone := dnstest.Start(t)
+	base := srvZone(c.members, "_etcd-client", 1)
+	zone.SetZone(base...)
+	gw, sc := startGatewayWithStatus(t, "--discovery-srv=example.com", "--dns-server="+zone.Addr(), "--insecure-discovery")
+	client := newClient(t, gw.addr)
+	if _, err := client.Put(ctxT(t), "srv-metrics", "v"); err != nil {
+		t.Fatal(err)
+	}
+	_, port0, _ := net.SplitHostPort(c.members[0].client)
+	m0 := c.members[0].client
+	steps := []struct {
+		name   string
+		extra  []string
+		target string // what /status must show for m0 once the change is seen
+		weight int
+	}{
+		{"weight and priority change", []string{fmt.Sprintf("_etcd-client._tcp.example.com. 1 IN SRV 0 10 %s m0.example.com.", port0)}, "m0.example.com", 10},
+		{"same address under both SRV names", []string{
+			fmt.Sprintf("_etcd-client-ssl._tcp.example.com. 1 IN SRV 5 1 %s secure.example.com.", port0),
+			"secure.example.com. 1 IN A 127.0.0.1"}, "secure.example.com", 1},
+		{"two targets on one IP", []string{
+			fmt.Sprintf("_etcd-client._tcp.example.com. 1 IN SRV 0 20 %s alias.example.com.", port0),
+			"alias.example.com. 1 IN A 127.0.0.1"}, "alias.example.com", 20},
+	}
+	for _, step := range steps {
+		var zoneNow []string
+		for _, rr := range base {
+			if step.name == "weight and priority change" && strings.Contains(rr, "SRV") && strings.HasSuffix(rr, "m0.example.com.") {
+				continue // replaced by the heavier record
+			}
+			zoneNow = append(zoneNow, rr)
+		}
+		zone.SetZone(append(zoneNow, step.extra...)...)
+		seen := eventually(defaultTestTimeout, func() bool {
+			for _, ep := range sc.status().Endpoints {
+				if ep.Endpoint == m0 && ep.Target == step.target && ep.Weight != nil && *ep.Weight == step.weight {
+					return true
+				}
+			}
+			return false
+		})
+		if !seen {
+			t.Fatalf("%s: the gateway never showed the change: %+v", step.name, sc.status())
+		}
+		mfs := sc.metrics() // fails unless 200 and parseable
+		for _, name := range []string{"etcd_gateway_endpoint_health", "etcd_gateway_endpoint_connections_total", "etcd_gateway_endpoint_dial_duration_seconds"} {
+			labels := map[string]int{}
+			for _, m := range mfs[name].GetMetric() {
+				var key []string
+				for _, l := range m.GetLabel() {
+					key = append(key, l.GetName()+"="+l.GetValue())
+				}
+				labels[strings.Join(key, ",")]++
+			}
+			for key, n := range labels {
+				if n != 1 {
+					t.Errorf("%s: %d series of %s{%s}", step.name, n, name, key)
+				}
+			}
+		}
+		if n := len(mfs["etcd_gateway_endpoint_health"].GetMetric()); n != 9 {
+			t.Errorf("%s: %d health series, want 3 members × 3 states", step.name, n)
+		}
+		if _, err := client.Put(ctxT(t), "srv-metrics", step.name); err != nil {
+			t.Errorf("%s: put through the gateway: %v", step.name, err)
+		}
+	}
+}

@@ -60,6 +60,8 @@ func runFaults(gateway, etcd, haproxy, work string, window time.Duration, only s
 		{"one listed endpoint drops SYNs: failed requests", synDrop},
 		{"a connected client's member freezes: time until that client is served again", stuckClient},
 		{"all members die, then come back: time from the first ready member to proxy serves", fullOutage},
+		{stopAcceptingRefuse, stopAccepting(testnet.Refuse)},
+		{stopAcceptingBacklog, stopAccepting(testnet.FullBacklog)},
 	}
 	scenarios = slices.DeleteFunc(scenarios, func(s scenario) bool { return !strings.Contains(s.name, only) })
 	candidates := proxies(gateway, etcd, haproxy, work)
@@ -102,6 +104,7 @@ func fail(err error) {
 type env struct {
 	etcd    string
 	cluster *cluster
+	relays  []*testnet.Relay // in front of each member, for the scenarios that stop accepting
 	proxy   *process
 	addr    string
 	window  time.Duration
@@ -119,6 +122,18 @@ func runScenario(etcd string, px proxy, sc scenario, window time.Duration) (stri
 	}
 	defer c.stop()
 	eps := c.endpoints()
+	var relays []*testnet.Relay
+	if sc.name == stopAcceptingRefuse || sc.name == stopAcceptingBacklog {
+		for i, ep := range eps {
+			r, err := testnet.StartRelay(ep)
+			if err != nil {
+				return "", err
+			}
+			defer r.Close()
+			relays = append(relays, r)
+			eps[i] = r.Addr()
+		}
+	}
 	if sc.name == "one listed endpoint drops SYNs: failed requests" {
 		dropper, closeDropper, err := testnet.ListenSYNDropper()
 		if err != nil {
@@ -137,7 +152,7 @@ func runScenario(etcd string, px proxy, sc scenario, window time.Duration) (stri
 		return "", err
 	}
 	time.Sleep(2 * time.Second) // let health checks settle
-	return sc.run(&env{etcd: etcd, cluster: c, proxy: p, addr: addr, window: window})
+	return sc.run(&env{etcd: etcd, cluster: c, relays: relays, proxy: p, addr: addr, window: window})
 }
 
 func newClient(addr string) (*clientv3.Client, error) {
@@ -287,4 +302,63 @@ func fullOutage(e *env) (string, error) {
 		return "never (> 90 s)", nil
 	}
 	return fmt.Sprintf("%.2f s", max(served.Sub(ready), 0).Seconds()), nil
+}
+
+// The scenarios in which every member stops accepting new connections but keeps serving the
+// ones it has (out of descriptors, or a full accept queue).
+const (
+	stopAcceptingRefuse  = "every member stops accepting (refused), 16 long-lived clients: failed Gets, clients hurt"
+	stopAcceptingBacklog = "every member stops accepting (full backlog), 16 long-lived clients: failed Gets, clients hurt"
+)
+
+// stopAccepting runs 16 long-lived clients, each doing a Get (2 s timeout) every 100 ms on
+// its own connection, and stops every member's relay from accepting after 2 s.
+func stopAccepting(mode testnet.StopMode) func(e *env) (string, error) {
+	return func(e *env) (string, error) {
+		const clients = 16
+		var mu sync.Mutex
+		total, failed := 0, 0
+		hurt := map[int]bool{}
+		var stopAt time.Time
+		stop := time.Now().Add(2*time.Second + e.window)
+		var wg sync.WaitGroup
+		for i := range clients {
+			c, err := newClient(e.addr)
+			if err != nil {
+				return "", err
+			}
+			defer c.Close()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(stop) {
+					started := time.Now()
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					_, err := c.Get(ctx, "bench")
+					cancel()
+					mu.Lock()
+					if !stopAt.IsZero() && !started.Before(stopAt) {
+						total++
+						if err != nil {
+							failed++
+							hurt[i] = true
+						}
+					}
+					mu.Unlock()
+					time.Sleep(100 * time.Millisecond)
+				}
+			}()
+		}
+		time.Sleep(2 * time.Second)
+		mu.Lock()
+		stopAt = time.Now()
+		mu.Unlock()
+		for _, r := range e.relays {
+			if err := r.StopAccepting(mode); err != nil {
+				return "", err
+			}
+		}
+		wg.Wait()
+		return fmt.Sprintf("%d failed of %d, %d of %d clients hurt", failed, total, len(hurt), clients), nil
+	}
 }
