@@ -23,14 +23,15 @@ var heartbeatRequest = []byte("GET /version HTTP/1.1\r\nHost: etcd\r\nUser-Agent
 type heartbeater struct {
 	addr   string
 	tls    *tls.Config // nil for a plain member
-	dialer net.Dialer
+	dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 	conn   net.Conn
 	r      *bufio.Reader
 	now    func() time.Time // the clock that judges whether a timeout was seen late
 }
 
 func newHeartbeater(addr string, tlsConfig *tls.Config) *heartbeater {
-	return &heartbeater{addr: addr, tls: tlsConfig, now: time.Now}
+	var d net.Dialer
+	return &heartbeater{addr: addr, tls: tlsConfig, dialer: d.DialContext, now: time.Now}
 }
 
 // errLate is a timeout the gateway saw so long after its deadline that it was not scheduled in
@@ -118,7 +119,7 @@ func (h *heartbeater) exchange(ctx context.Context, deadline time.Time) (err err
 func (h *heartbeater) dial(ctx context.Context, deadline time.Time) error {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	conn, err := h.dialer.DialContext(ctx, "tcp", h.addr)
+	conn, err := h.dialer(ctx, "tcp", h.addr)
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,11 @@ package health
 import (
 	"context"
 	"net"
+	"net/http"
+	"os"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -90,5 +94,60 @@ func TestHeartbeatTimeoutSeenLateIsNotCounted(t *testing.T) {
 	late.now = lateClock()
 	if err := late.beat(context.Background(), 100*time.Millisecond); !isLate(err) {
 		t.Fatalf("a heartbeat timeout seen a second late: %v, want it not counted", err)
+	}
+}
+
+// After a missed heartbeat, a heartbeat the gateway cannot even dial (out of descriptors) is
+// no news of the member: the prober waits a whole heartbeat period before it tries again,
+// instead of trying again at once without end.
+func TestHeartbeatLocalShortageDoesNotSpin(t *testing.T) {
+	var stall atomic.Bool
+	release := make(chan struct{})
+	defer close(release)
+	ep := fakeMember(t, map[string]http.HandlerFunc{
+		"/readyz": answer(200, "ok\n"),
+		"/livez":  answer(200, "ok\n"),
+		"/version": func(w http.ResponseWriter, r *http.Request) {
+			if stall.Load() {
+				select {
+				case <-release:
+				case <-r.Context().Done():
+				}
+				return
+			}
+			answer(200, "{}")(w, r)
+		},
+	}, nil)
+	var shortage atomic.Bool
+	var dials atomic.Int64
+	var d net.Dialer
+	activity := NewActivity()
+	activity.AddClients(1)
+	out := make(Reports, 64)
+	p := newTestProber(ep, activity, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
+		Rise: 1, Fall: 1, Heartbeat: 20 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond})
+	p.dialHeartbeat = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if shortage.Load() {
+			dials.Add(1)
+			return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("socket", syscall.EMFILE)}
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	runProber(t, p)
+	<-out // the first probe
+	shortage.Store(true)
+	stall.Store(true) // the next heartbeat is missed; the one after cannot dial
+	if !testnet.Eventually(defaultTestTimeout, func() bool { return dials.Load() > 0 }) {
+		t.Fatal("the heartbeat never needed a new connection")
+	}
+	window := time.NewTimer(300 * time.Millisecond) // 15 heartbeat periods
+	<-window.C
+	if n := dials.Load(); n > 30 {
+		t.Fatalf("%d heartbeat dials in 300 ms of descriptor shortage with 20 ms heartbeats: the prober spins", n)
+	}
+	select {
+	case rep := <-out:
+		t.Fatalf("report %+v during a shortage of the gateway's own", rep)
+	default:
 	}
 }

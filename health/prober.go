@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"net"
 	"time"
 
 	"github.com/thejerf/suture/v4"
@@ -50,6 +51,8 @@ type Prober struct {
 	out      Reports
 	log      *zap.Logger
 	now      func() time.Time
+	// dialHeartbeat replaces the heartbeats' dial when not nil; tests inject faults with it.
+	dialHeartbeat func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 var _ suture.Service = (*Prober)(nil)
@@ -64,6 +67,9 @@ func (p *Prober) Serve(ctx context.Context) error {
 	defer chk.close()
 	hb := newHeartbeater(p.ep.Addr(), chk.tls)
 	hb.now = p.now
+	if p.dialHeartbeat != nil {
+		hb.dialer = p.dialHeartbeat
+	}
 	defer hb.close()
 	late := 0
 	for {

@@ -3,10 +3,10 @@ package testnet
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -36,6 +36,7 @@ func (m StopMode) String() string {
 type Relay struct {
 	target string
 	port   int
+	delay  atomic.Int64 // added to every chunk relayed, in nanoseconds
 
 	mu      sync.Mutex
 	ln      *net.TCPListener // nil while stopped
@@ -93,13 +94,35 @@ func (r *Relay) relay(c net.Conn) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		io.Copy(up, c)
+		r.copy(up, c)
 		up.(*net.TCPConn).CloseWrite()
 	}()
-	io.Copy(c, up)
+	r.copy(c, up)
 	c.(*net.TCPConn).CloseWrite()
 	<-done
 }
+
+// copy copies src to dst until EOF, holding each chunk for the relay's delay.
+func (r *Relay) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if d := time.Duration(r.delay.Load()); d > 0 {
+				time.Sleep(d) // the latency of a long link, not a wait for a state
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// SetDelay makes the relay hold every chunk it relays, each way, for d: a link with latency.
+func (r *Relay) SetDelay(d time.Duration) { r.delay.Store(int64(d)) }
 
 func (r *Relay) track(cs ...net.Conn) bool {
 	r.mu.Lock()
