@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -19,6 +20,16 @@ func startGatewayWithStatus(t *testing.T, args ...string) (*gateway, statusClien
 	t.Helper()
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	gw := startGatewayArgs(t, append(args, "--metrics-addr="+metricsAddr)...)
+	// The listen address is bound before the metrics address: wait for both.
+	if !eventually(defaultTestTimeout, func() bool {
+		c, err := net.DialTimeout("tcp", metricsAddr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatalf("the gateway never listened on --metrics-addr=%s: %s", metricsAddr, gw.proc.out)
+	}
 	return gw, statusClient{t: t, base: "http://" + metricsAddr}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -71,6 +72,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// Until the gateway is built, a stop signal cancels its start-up (DNS look-ups included).
+	starting, signalledEarly := make(chan struct{}), make(chan bool, 1)
+	go func() {
+		select {
+		case <-stopSignals:
+			stop()
+			signalledEarly <- true
+		case <-starting:
+			signalledEarly <- false
+		}
+	}()
+	started := sync.OnceValue(func() bool {
+		close(starting)
+		return <-signalledEarly
+	})
+	defer started()
 	opts, log, code := setUp(ctx, "start", args[1:], stdout, stderr)
 	if log == nil {
 		return code
@@ -80,6 +97,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	opts.cfg.Reload = reload
 
 	gw, err := supervisor.New(ctx, opts.cfg, log)
+	stoppedEarly := started()
+	if err != nil && stoppedEarly {
+		log.Info("stopped by a signal before the gateway started")
+		return exitOK
+	}
 	if err != nil {
 		log.Error("cannot start", zap.Error(err))
 		return exitFailure
@@ -98,7 +120,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	signalsDone := make(chan struct{})
 	go func() {
 		defer close(signalsDone)
-		followStopSignals(stopSignals, served, stop, gw.CutDrain, log)
+		followStopSignals(stopSignals, served, stoppedEarly, stop, gw.CutDrain, log)
 	}()
 	defer func() {
 		close(served)
@@ -112,9 +134,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 // followStopSignals turns the first SIGINT or SIGTERM into stop (stop accepting, then drain)
-// and the second into cut (end the drain at once), until served is closed.
-func followStopSignals(sigs <-chan os.Signal, served <-chan struct{}, stop, cut func(), log *zap.Logger) {
-	for first := true; ; first = false {
+// and the second into cut (end the drain at once), until served is closed. stopped says the
+// first came already, during start-up.
+func followStopSignals(sigs <-chan os.Signal, served <-chan struct{}, stopped bool, stop, cut func(), log *zap.Logger) {
+	for first := !stopped; ; first = false {
 		select {
 		case sig := <-sigs:
 			if first {
