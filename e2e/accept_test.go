@@ -257,7 +257,7 @@ func testStopAccepting(t *testing.T, c *cluster, mode testnet.StopMode, gatewayA
 	t.Logf("%s: one member accepting again; every client served on it within %s", mode, slowest.Round(time.Millisecond))
 }
 
-// The gateway itself is paused twice for 1.5 s (SIGSTOP, then SIGCONT): its timeouts fire late, and
+// The gateway itself is paused twice for 3 s (SIGSTOP, then SIGCONT): its timeouts fire late, and
 // that is no evidence against any member. No member leaves rotation, no connection is closed,
 // and no Get started after the resume fails. The members are behind relays that add 60 ms
 // each way, so that heartbeats and probes are in flight most of the time and the pause finds
@@ -280,7 +280,8 @@ func testPaused(t *testing.T, c *cluster, gatewayArgs func(relays []string) []st
 	for _, r := range relays {
 		r.SetDelay(60 * time.Millisecond)
 	}
-	gw, sc := startGatewayWithStatus(t, append(gatewayArgs(addrs), "--health-interval=200ms", "--health-heartbeat-timeout=500ms")...)
+	gw, sc := startGatewayWithStatus(t, append(gatewayArgs(addrs),
+		"--health-interval=200ms", "--health-timeout=2s", "--health-heartbeat-timeout=500ms")...)
 	if !eventually(defaultTestTimeout, func() bool { return sc.status().Rotation == "healthy" }) {
 		t.Fatalf("never healthy: %+v", sc.status())
 	}
@@ -293,10 +294,10 @@ func testPaused(t *testing.T, c *cluster, gatewayArgs func(relays []string) []st
 	connections, _ := sum(sc.metrics(), "etcd_gateway_endpoint_connections_total", nil)
 	changesBefore := strings.Count(gw.proc.out.String(), "endpoint state changed")
 
-	// Two pauses of 1.5 s, 1 s apart. With probes every 200 ms taking 120 ms, each pause
-	// finds about two in three of them in flight, past their deadline when it ends. (The
-	// heartbeats' timeout is 500 ms, so that a loaded machine does not miss them through the
-	// relays' latency; a pause still outlasts it.)
+	// Two pauses of 3 s, 1 s apart. With probes every 200 ms taking 120 ms (more over TLS),
+	// each pause finds about two in three of them in flight, past their deadline when it
+	// ends. The timeouts leave room for a loaded machine and the relays' latency (2 s for
+	// probes, 500 ms for heartbeats); a pause still outlasts them.
 	pid := gw.proc.cmd.Process.Pid
 	var resumed time.Time
 	for i := range 2 {
@@ -311,14 +312,12 @@ func testPaused(t *testing.T, c *cluster, gatewayArgs func(relays []string) []st
 			syscall.Kill(pid, syscall.SIGCONT)
 			t.Fatal(err)
 		}
-		pause := time.NewTimer(1500 * time.Millisecond)
+		pause := time.NewTimer(3 * time.Second)
 		<-pause.C
 		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
-		if i == 0 {
-			resumed = time.Now()
-		}
+		resumed = time.Now() // Gets in flight during a pause may time out: count from the last
 	}
 	window := time.NewTimer(3 * time.Second) // time for late timeouts to do any harm
 	<-window.C
@@ -341,5 +340,5 @@ func testPaused(t *testing.T, c *cluster, gatewayArgs func(relays []string) []st
 	if evicted, _ := sum(mfs, "etcd_gateway_endpoint_evictions_total", nil); evicted != 0 {
 		t.Errorf("%v connections evicted", evicted)
 	}
-	t.Logf("paused twice 1.5 s: %d Gets after the resume, %d failed, no state change, no connection closed", total, len(failed))
+	t.Logf("paused twice 3 s: %d Gets after the resume, %d failed, no state change, no connection closed", total, len(failed))
 }
