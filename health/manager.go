@@ -214,10 +214,7 @@ func (r *run) record(rep Report) {
 		r.askProbe(mb, true)
 	}
 	if next == mb.state {
-		if next != Healthy && rep.Evidence == Probed && rep.State == next {
-			mb.reason = rep.Reason // keep the latest word on why, without a new snapshot
-		}
-		return
+		return // the reason stays the one of the change; /status shows the last probe's too
 	}
 	old := mb.state
 	mb.state, mb.reason = next, rep.Reason

@@ -199,7 +199,8 @@ type ProbeJSON struct {
 func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	snap := s.src.Table.Load()
 	counters := s.src.Forwarder.Counters()
-	rep := Report{Version: version.Version(), Ready: snap.HealthyCount() > 0 && !s.draining.Load(), Draining: s.draining.Load(),
+	draining := s.draining.Load()
+	rep := Report{Version: version.Version(), Ready: snap.HealthyCount() > 0 && !draining, Draining: draining,
 		Rotation: string(snap.Rotation()), Endpoints: []EndpointReport{}}
 	for _, ep := range snap.Known() {
 		state, _ := snap.State(ep)
