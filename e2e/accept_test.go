@@ -166,6 +166,25 @@ func relaysOf(t *testing.T, c *cluster) ([]*testnet.Relay, []string) {
 	return relays, addrs
 }
 
+// clients is how many long-lived clients the fault tests run.
+const clients = 16
+
+// gatewayWithClients starts a gateway with args and a status client, waits until it finds
+// every member healthy, and starts the long-lived clients of c through it, each served once.
+func gatewayWithClients(t *testing.T, c *cluster, args ...string) (*gateway, statusClient, *getters) {
+	t.Helper()
+	gw, sc := startGatewayWithStatus(t, args...)
+	if !eventually(defaultTestTimeout, func() bool { return sc.status().Rotation == "healthy" }) {
+		t.Fatalf("never healthy: %+v", sc.status())
+	}
+	g := startGetters(t, gw.addr, c.clientTLS, clients)
+	began := time.Now()
+	if !eventually(defaultTestTimeout, func() bool { return g.servedSince(began, 0) }) {
+		t.Fatal("not every client was served before the fault")
+	}
+	return gw, sc, g
+}
+
 // healthLog returns the gateway's log lines about members' states, evictions and rotation.
 func healthLog(gw *gateway) string {
 	var lines []string
@@ -202,16 +221,7 @@ func testStopAccepting(t *testing.T, c *cluster, mode testnet.StopMode, gatewayA
 	// Heartbeats get 500 ms: under make test's parallel load a race-built gateway answering TLS
 	// members can miss two 250 ms heartbeats of a healthy member, which is another fault than
 	// the one under test.
-	gw, sc := startGatewayWithStatus(t, append(gatewayArgs(addrs), "--health-heartbeat-timeout=500ms")...)
-	if !eventually(defaultTestTimeout, func() bool { return sc.status().Rotation == "healthy" }) {
-		t.Fatalf("never healthy: %+v", sc.status())
-	}
-	const clients = 16
-	g := startGetters(t, gw.addr, c.clientTLS, clients)
-	began := time.Now()
-	if !eventually(defaultTestTimeout, func() bool { return g.servedSince(began, 0) }) {
-		t.Fatal("not every client was served before the fault")
-	}
+	gw, sc, g := gatewayWithClients(t, c, append(gatewayArgs(addrs), "--health-heartbeat-timeout=500ms")...)
 	onMember := map[uint64]int{}
 	g.each(func(_ int, rs []getResult) { onMember[rs[len(rs)-1].member]++ })
 
@@ -300,17 +310,8 @@ func testPaused(t *testing.T, c *cluster, gatewayArgs func(relays []string) []st
 	for _, r := range relays {
 		r.SetDelay(60 * time.Millisecond)
 	}
-	gw, sc := startGatewayWithStatus(t, append(gatewayArgs(addrs),
+	gw, sc, g := gatewayWithClients(t, c, append(gatewayArgs(addrs),
 		"--health-interval=200ms", "--health-timeout=2s", "--health-heartbeat-timeout=500ms")...)
-	if !eventually(defaultTestTimeout, func() bool { return sc.status().Rotation == "healthy" }) {
-		t.Fatalf("never healthy: %+v", sc.status())
-	}
-	const clients = 16
-	g := startGetters(t, gw.addr, c.clientTLS, clients)
-	began := time.Now()
-	if !eventually(defaultTestTimeout, func() bool { return g.servedSince(began, 0) }) {
-		t.Fatal("not every client was served before the pause")
-	}
 	connections, _ := sum(sc.metrics(), "etcd_gateway_endpoint_connections_total", nil)
 	changesBefore := strings.Count(gw.proc.out.String(), "endpoint state changed")
 
