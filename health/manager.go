@@ -78,6 +78,7 @@ type member struct {
 	state    State
 	reason   string // why it is not healthy
 	streak   streak
+	changed  time.Time     // when the state last changed in this run
 	gen      uint64        // of its current prober
 	probeNow chan struct{} // asks the prober to probe at once
 	asked    time.Time     // when a probe was last asked for on a client's behalf
@@ -205,6 +206,9 @@ func (r *run) record(rep Report) {
 	switch rep.Evidence {
 	case Probed:
 		r.m.table.recordProbe(hp, Probe{At: rep.At, Result: rep.State, Reason: rep.Reason})
+		if rep.At.Before(mb.changed) {
+			return // begun before newer evidence changed the state: it does not undo it
+		}
 		next = mb.streak.observe(mb.state, rep.State, r.m.probe.Rise, r.m.probe.Fall)
 	case HeartbeatsLost, DialRefused:
 		next = Down
@@ -217,7 +221,7 @@ func (r *run) record(rep Report) {
 		return // the reason stays the one of the change; /status shows the last probe's too
 	}
 	old := mb.state
-	mb.state, mb.reason = next, rep.Reason
+	mb.state, mb.reason, mb.changed = next, rep.Reason, r.m.now()
 	r.m.log.Info("endpoint state changed",
 		zap.Stringer("endpoint", rep.Endpoint),
 		zap.Stringer("from", old),

@@ -94,6 +94,31 @@ func TestManagerWeighsDialFailures(t *testing.T) {
 	f.waitAvailable(t)
 }
 
+// A probe that began before newer evidence changed the state does not undo it: a healthy probe
+// that connected just before the member went away is older news than the refused dial.
+func TestManagerIgnoresAProbeOlderThanTheState(t *testing.T) {
+	ep := endpointOf(t, testnet.Echo(t).Addr())
+	other := endpointOf(t, testnet.Echo(t).Addr())
+	f := newManagerFixture(time.Hour)
+	set := resolver.Normalize([]resolver.Endpoint{ep, other})
+	f.updates.Publish(set)
+	f.run(t)
+	f.waitAvailable(t, set...)
+	f.waitFirstProbe(t, ep)
+	began := time.Now()
+	f.reports <- Report{Endpoint: ep, Evidence: DialRefused, State: Down, Reason: "connection refused"}
+	f.waitAvailable(t, other)
+	f.reports <- Report{Endpoint: ep, Evidence: Probed, State: Healthy, At: began}
+	f.waitRecorded(t, ep, began)
+	if got := f.state(ep); got != Down {
+		t.Fatalf("a probe begun before the refused dial made the member %s", got)
+	}
+	f.probed(t, ep, Healthy) // a probe begun after it counts
+	if got := f.state(ep); got != Healthy {
+		t.Fatalf("a fresh healthy probe left the member %s", got)
+	}
+}
+
 // A report from a prober the Manager has replaced is dropped: an endpoint removed and added
 // again starts from what its new prober finds.
 func TestManagerDropsReportsOfAReplacedProber(t *testing.T) {
@@ -156,6 +181,7 @@ func TestProberPanicWhileDownKeepsNoStaleState(t *testing.T) {
 	f.updates.Publish(set)
 	f.run(t)
 	f.waitAvailable(t, set...)
+	f.waitFirstProbe(t, down)
 	ln.Close()
 	f.reports <- Report{Endpoint: down, Evidence: DialRefused, State: Down, Reason: "connection refused"}
 	f.waitAvailable(t, other)
