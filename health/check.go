@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/resolver"
@@ -38,70 +39,154 @@ func ParseCheckMode(s string) (CheckMode, error) {
 
 // TLSConfig is what probes of TLS members need.
 type TLSConfig struct {
-	Roots        *x509.CertPool    // nil: the system roots
+	// Roots is --trusted-ca-file. Members from _etcd-client-ssl are verified against it, or
+	// against the system roots when nil; members listed with --endpoints are verified against
+	// it when it is given, and not at all otherwise.
+	Roots        *x509.CertPool
 	Certificates []tls.Certificate // a client certificate, for members that require one
 	Domain       string            // the SRV domain, one name a member's certificate may be valid for
+	// InsecureDiscovery is --insecure-discovery: members from _etcd-client-ssl are not verified.
+	InsecureDiscovery bool
 }
+
+// memberTLS returns how to handshake with ep. A member from _etcd-client-ssl must hold a
+// certificate for the domain or its target; for a listed member a certificate for other names
+// is only reported, since members are often listed by IP while their certificates name DNS
+// names.
+func (c TLSConfig) memberTLS(ep resolver.Endpoint) resolver.MemberTLS {
+	if ep.TLS {
+		return resolver.MemberTLS{Verify: !c.InsecureDiscovery, Roots: c.Roots, Names: []string{c.Domain, ep.Target},
+			StrictNames: true, Certificates: c.Certificates}
+	}
+	return resolver.MemberTLS{Verify: c.Roots != nil, Roots: c.Roots, Names: []string{ep.Host, ep.Target}, Certificates: c.Certificates}
+}
+
+// NoteAliveByKey is the note of a member that requires a client certificate the gateway does not
+// have: it is judged alive by the proof of its key alone.
+const NoteAliveByKey = "alive by its TLS key only: the member requires a client certificate; give --health-cert-file and --health-key-file to probe /readyz"
 
 // checker probes one endpoint. It is used by one goroutine only.
 type checker struct {
 	ep      resolver.Endpoint
 	mode    CheckMode
 	timeout time.Duration
-	client  *http.Client
 	dialer  net.Dialer
-	tls     *tls.Config      // nil for a plain member
+	tls     resolver.MemberTLS
+	scheme  resolver.Scheme // what the member serves; a member from _etcd-client-ssl stays TLS
+	note    string          // what the last probe found worth saying, though no fault
+	plain   *http.Client
+	secure  *http.Client     // dials with HandshakeMember
 	now     func() time.Time // the clock that judges whether a timeout was seen late
+
+	mu       sync.Mutex // guards mismatch, written by the concurrent requests of one probe
+	mismatch error      // the certificate's names match neither the endpoint's host nor its target
 }
 
 func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg TLSConfig) *checker {
-	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}, now: time.Now}
+	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}, now: time.Now,
+		tls: tlsCfg.memberTLS(ep)}
+	if ep.TLS {
+		c.scheme = resolver.SchemeTLS
+	}
 	// Every probe is a new connection, as a new client's would be: a member that serves the
 	// connections it has but accepts no new one (out of descriptors, a full accept queue)
 	// must not look healthy. Heartbeats keep their connection: they ask whether the process
 	// answers at all.
-	transport := &http.Transport{
+	c.plain = &http.Client{Timeout: timeout, Transport: &http.Transport{
 		DialContext:        c.dialer.DialContext,
 		DisableKeepAlives:  true,
 		DisableCompression: true,
-	}
-	if ep.TLS {
-		roots := tlsCfg.Roots
-		c.tls = &tls.Config{
-			Certificates: tlsCfg.Certificates,
-			// Verified below against the SRV domain or the target, as discovery did.
-			InsecureSkipVerify: true,
-			VerifyConnection: func(cs tls.ConnectionState) error {
-				if err := resolver.VerifyServer(cs.PeerCertificates, roots, tlsCfg.Domain, ep.Target); err != nil {
-					return &untrustedError{err}
-				}
-				return nil
-			},
-		}
-		transport.TLSClientConfig = c.tls
-	}
-	c.client = &http.Client{Transport: transport, Timeout: timeout}
+	}}
+	c.secure = &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialTLSContext:     c.dialTLS,
+		DisableKeepAlives:  true,
+		DisableCompression: true,
+	}}
 	return c
 }
 
-// close releases the kept-alive probe connection.
-func (c *checker) close() { c.client.CloseIdleConnections() }
+// close releases idle probe connections.
+func (c *checker) close() {
+	c.plain.CloseIdleConnections()
+	c.secure.CloseIdleConnections()
+}
+
+// handshakeError is a TLS handshake with a member that gave no usable connection.
+type handshakeError struct{ h resolver.Handshake }
+
+func (e *handshakeError) Error() string {
+	switch {
+	case e.h.Untrusted != nil:
+		return "TLS: " + e.h.Untrusted.Error()
+	case e.h.NeedsClientCert:
+		return "TLS: the member requires a client certificate"
+	case e.h.Scheme == resolver.SchemePlain:
+		return "TLS: the member does not speak TLS"
+	case e.h.Err != nil:
+		return e.h.Err.Error()
+	}
+	return "TLS handshake failed"
+}
+
+func (e *handshakeError) Unwrap() error { return e.h.Err }
+
+// dialTLS connects to the member and handshakes as HandshakeMember does.
+func (c *checker) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+	raw, err := c.dialer.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	h := resolver.HandshakeMember(ctx, raw, c.tls)
+	if h.Conn == nil {
+		return nil, &handshakeError{h}
+	}
+	c.mu.Lock()
+	c.mismatch = h.NameMismatch
+	c.mu.Unlock()
+	return h.Conn, nil
+}
+
+// handshake is the heartbeats' TLS handshake over raw.
+func (c *checker) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) {
+	h := resolver.HandshakeMember(ctx, raw, c.tls)
+	if h.Conn == nil {
+		return nil, &handshakeError{h}
+	}
+	return h.Conn, nil
+}
+
+// canHeartbeat reports whether heartbeats can reach the member: its scheme is known and, over
+// TLS, a handshake completes.
+func (c *checker) canHeartbeat() bool {
+	return c.scheme != resolver.SchemeUnknown && c.note != NoteAliveByKey
+}
 
 // httpOutcome says whether an HTTP probe gave a verdict.
 type httpOutcome int
 
 const (
-	answered    httpOutcome = iota // the verdict stands
-	missingPath                    // 404: the member lacks this endpoint; use the next mode from now on
-	notHTTP                        // no usable HTTP answer this time; fall back to a TCP connect
+	answered      httpOutcome = iota // the verdict stands
+	missingPath                      // 404: the member lacks this endpoint; use the next mode from now on
+	notHTTP                          // no usable HTTP answer this time; fall back to a TCP connect
+	schemeChanged                    // the member no longer speaks what it did: find its scheme again
 )
 
-// check probes once and returns the endpoint's state and, unless healthy, why.
+// check probes once and returns the endpoint's state and, unless healthy, why. A member whose
+// scheme is not known yet is first asked with a TLS ClientHello: the gateway never sends
+// plaintext to a TLS port unless the member itself said it is plain.
 func (c *checker) check(ctx context.Context) (State, string) {
+	c.note = ""
+	redetected := false
 	for c.mode != CheckTCP {
+		if c.scheme == resolver.SchemeUnknown {
+			if st, reason, known := c.detect(ctx); !known {
+				return st, reason
+			}
+		}
 		st, reason, outcome := c.checkHTTP(ctx)
 		switch outcome {
 		case answered:
+			c.noteMismatch()
 			return st, reason
 		case missingPath:
 			if c.mode == CheckReadyz {
@@ -109,11 +194,75 @@ func (c *checker) check(ctx context.Context) (State, string) {
 			} else {
 				c.mode = CheckTCP
 			}
-		case notHTTP:
-			return c.checkTCP(ctx)
+		case schemeChanged, notHTTP:
+			if redetected || c.ep.TLS || (outcome == notHTTP && c.scheme != resolver.SchemePlain) {
+				if outcome == schemeChanged {
+					return Down, reason
+				}
+				return c.checkTCP(ctx)
+			}
+			redetected = true
+			c.scheme = resolver.SchemeUnknown
 		}
 	}
 	return c.checkTCP(ctx)
+}
+
+// noteMismatch notes a certificate valid for other names than the member's.
+func (c *checker) noteMismatch() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mismatch != nil && c.scheme == resolver.SchemeTLS && c.note == "" {
+		c.note = "TLS: " + c.mismatch.Error()
+	}
+}
+
+// detect finds out the member's scheme with a TLS ClientHello. It reports whether the scheme is
+// known; when it is not, it returns the member's state.
+func (c *checker) detect(ctx context.Context) (State, string, bool) {
+	deadline := c.now().Add(c.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	raw, err := c.dialer.DialContext(ctx, "tcp", c.ep.Addr())
+	if err != nil {
+		st, reason := c.dialVerdict(err, deadline)
+		return st, reason, false
+	}
+	h := resolver.HandshakeMember(ctx, raw, c.tls)
+	if h.Conn != nil {
+		h.Conn.Close()
+	}
+	switch h.Scheme {
+	case resolver.SchemeTLS:
+		c.scheme = resolver.SchemeTLS
+		return 0, "", true
+	case resolver.SchemePlain:
+		if c.ep.TLS {
+			return Down, "listed under _etcd-client-ssl, but the member does not speak TLS", false
+		}
+		c.scheme = resolver.SchemePlain
+		return 0, "", true
+	}
+	switch {
+	case isTimeout(h.Err) && ObservedLate(deadline, c.now(), c.timeout):
+		return tooLate, errLate.Error(), false
+	case isTimeout(h.Err):
+		return Down, fmt.Sprintf("no answer to a TLS ClientHello within %s; the member's scheme is not known yet", c.timeout), false
+	}
+	// It answered, but neither TLS nor plain HTTP: not etcd, as a TCP connect judges.
+	st, reason := c.checkTCP(ctx)
+	return st, reason, false
+}
+
+// dialVerdict judges a failed dial as checkTCP does.
+func (c *checker) dialVerdict(err error, deadline time.Time) (State, string) {
+	switch {
+	case LocalShortage(err):
+		return noVerdict, err.Error()
+	case isTimeout(err) && ObservedLate(deadline, c.now(), c.timeout):
+		return tooLate, errLate.Error()
+	}
+	return Down, err.Error()
 }
 
 func (c *checker) checkTCP(ctx context.Context) (State, string) {
@@ -121,14 +270,8 @@ func (c *checker) checkTCP(ctx context.Context) (State, string) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	conn, err := c.dialer.DialContext(ctx, "tcp", c.ep.Addr())
-	if LocalShortage(err) {
-		return noVerdict, err.Error()
-	}
-	if err != nil && isTimeout(err) && ObservedLate(deadline, c.now(), c.timeout) {
-		return tooLate, errLate.Error()
-	}
 	if err != nil {
-		return Down, err.Error()
+		return c.dialVerdict(err, deadline)
 	}
 	conn.Close()
 	return Healthy, ""
@@ -154,12 +297,17 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 	alive := <-liveness
 
 	if err := ready.err; err != nil {
-		var untrusted *untrustedError
+		var hs *handshakeError
 		switch {
 		case LocalShortage(err):
 			return noVerdict, err.Error(), answered
-		case errors.As(err, &untrusted):
-			return Down, untrusted.Error(), answered
+		case errors.As(err, &hs) && hs.h.NeedsClientCert:
+			c.note = NoteAliveByKey
+			return Healthy, "", answered
+		case errors.As(err, &hs) && hs.h.Untrusted != nil:
+			return Down, hs.Error(), answered
+		case errors.As(err, &hs) && hs.h.Scheme == resolver.SchemePlain:
+			return Down, hs.Error(), schemeChanged
 		case isTimeout(err) && ObservedLate(deadline, c.now(), c.timeout):
 			return tooLate, errLate.Error(), answered
 		case dialError(err) != nil:
@@ -169,6 +317,8 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 				return Degraded, fmt.Sprintf("alive, but no answer to GET %s within %s", path, c.timeout), answered
 			}
 			return Down, fmt.Sprintf("no answer to GET %s within %s", path, c.timeout), answered
+		case errors.As(err, &hs):
+			return Down, hs.Error(), answered // TLS answered, but the member did not prove its key
 		}
 		return Down, err.Error(), notHTTP
 	}
@@ -201,17 +351,17 @@ type probeAnswer struct {
 	err    error
 }
 
-// get does one GET of path on the member.
+// get does one GET of path on the member, over TLS when it speaks TLS.
 func (c *checker) get(ctx context.Context, path string) probeAnswer {
-	scheme := "http"
-	if c.ep.TLS {
-		scheme = "https"
+	client := c.plain
+	if c.scheme == resolver.SchemeTLS {
+		client = c.secure
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+c.ep.Addr()+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.scheme.String()+"://"+c.ep.Addr()+path, nil)
 	if err != nil {
 		return probeAnswer{err: err}
 	}
-	resp, err := c.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return probeAnswer{err: err}
 	}
@@ -219,14 +369,6 @@ func (c *checker) get(ctx context.Context, path string) probeAnswer {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	return probeAnswer{status: resp.StatusCode, body: body}
 }
-
-// untrustedError is a member certificate that does not verify: the member is down for us,
-// whatever a TCP connect would say.
-type untrustedError struct{ err error }
-
-func (e *untrustedError) Error() string { return "TLS: " + e.err.Error() }
-
-func (e *untrustedError) Unwrap() error { return e.err }
 
 // failedChecks condenses an unhealthy answer: the "[-]" lines of /readyz, or /health's JSON.
 func failedChecks(body []byte) string {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -21,17 +20,31 @@ var heartbeatRequest = []byte("GET /version HTTP/1.1\r\nHost: etcd\r\nUser-Agent
 // so that heartbeats four times a second stay cheap on a small host. It is used by one
 // goroutine only.
 type heartbeater struct {
-	addr   string
-	tls    *tls.Config // nil for a plain member
-	dialer func(ctx context.Context, network, addr string) (net.Conn, error)
-	conn   net.Conn
-	r      *bufio.Reader
-	now    func() time.Time // the clock that judges whether a timeout was seen late
+	addr string
+	// handshake makes a raw connection a TLS one; nil while the member is plain.
+	handshake func(ctx context.Context, raw net.Conn) (net.Conn, error)
+	dialer    func(ctx context.Context, network, addr string) (net.Conn, error)
+	conn      net.Conn
+	r         *bufio.Reader
+	now       func() time.Time // the clock that judges whether a timeout was seen late
 }
 
-func newHeartbeater(addr string, tlsConfig *tls.Config) *heartbeater {
+func newHeartbeater(addr string) *heartbeater {
 	var d net.Dialer
-	return &heartbeater{addr: addr, tls: tlsConfig, dialer: d.DialContext, now: time.Now}
+	return &heartbeater{addr: addr, dialer: d.DialContext, now: time.Now}
+}
+
+// speak sets how the member is spoken to: over TLS with handshake, or plain when it is nil. A
+// change drops the kept-alive connection.
+func (h *heartbeater) speak(secure bool, handshake func(ctx context.Context, raw net.Conn) (net.Conn, error)) {
+	if secure == (h.handshake != nil) {
+		return
+	}
+	h.close()
+	h.handshake = nil
+	if secure {
+		h.handshake = handshake
+	}
 }
 
 // errLate is a timeout the gateway saw so long after its deadline that it was not scheduled in
@@ -123,13 +136,10 @@ func (h *heartbeater) dial(ctx context.Context, deadline time.Time) error {
 	if err != nil {
 		return err
 	}
-	if h.tls != nil {
-		tc := tls.Client(conn, h.tls)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			conn.Close()
+	if h.handshake != nil {
+		if conn, err = h.handshake(ctx, conn); err != nil {
 			return err
 		}
-		conn = tc
 	}
 	h.conn, h.r = conn, bufio.NewReaderSize(conn, 512)
 	return nil

@@ -12,12 +12,13 @@ import (
 
 	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
 // Heartbeats reuse one kept-alive connection, and replace it when the member closes it.
 func TestHeartbeaterKeepsOneConnection(t *testing.T) {
 	ep := fakeMember(t, map[string]http.HandlerFunc{"/version": answer(200, `{"etcdserver":"3.6.16","etcdcluster":"3.6.0"}`)}, nil)
-	hb := newHeartbeater(ep.Addr(), nil)
+	hb := newHeartbeater(ep.Addr())
 	defer hb.close()
 	var first string
 	for i := range 20 {
@@ -48,17 +49,19 @@ func TestHeartbeaterVerdicts(t *testing.T) {
 	tests := []struct {
 		name    string
 		addr    string
-		tls     *tls.Config
+		secure  bool
 		wantErr string
 	}{
-		{"TLS member", tlsMember.Addr(), &tls.Config{RootCAs: ca.Pool(), ServerName: "example.com"}, ""},
-		{"not HTTP but alive", notHTTP.Addr(), nil, ""},
-		{"silent", silent.Addr(), nil, "no answer to heartbeats"},
-		{"refused", testnet.ClosedPort(t), nil, "heartbeat"},
+		{"TLS member", tlsMember.Addr(), true, ""},
+		{"not HTTP but alive", notHTTP.Addr(), false, ""},
+		{"silent", silent.Addr(), false, "no answer to heartbeats"},
+		{"refused", testnet.ClosedPort(t), false, "heartbeat"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			hb := newHeartbeater(tt.addr, tt.tls)
+			hb := newHeartbeater(tt.addr)
+			chk := newChecker(resolver.Endpoint{Host: "127.0.0.1"}, CheckReadyz, time.Second, TLSConfig{Roots: ca.Pool()})
+			hb.speak(tt.secure, chk.handshake)
 			defer hb.close()
 			err := hb.beat(context.Background(), 200*time.Millisecond)
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {

@@ -84,12 +84,12 @@ func TestProbeTimeoutSeenLateIsNotCounted(t *testing.T) {
 // A heartbeat that times out counts as a miss only when the gateway saw the timeout in time.
 func TestHeartbeatTimeoutSeenLateIsNotCounted(t *testing.T) {
 	ep := silentMember(t)
-	onTime := newHeartbeater(ep.Addr(), nil)
+	onTime := newHeartbeater(ep.Addr())
 	defer onTime.close()
 	if err := onTime.beat(context.Background(), 100*time.Millisecond); err == nil || isLate(err) {
 		t.Fatalf("a silent member seen in time: %v, want a miss", err)
 	}
-	late := newHeartbeater(ep.Addr(), nil)
+	late := newHeartbeater(ep.Addr())
 	defer late.close()
 	late.now = lateClock()
 	if err := late.beat(context.Background(), 100*time.Millisecond); !isLate(err) {

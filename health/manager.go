@@ -31,6 +31,8 @@ type Manager struct {
 	log        *zap.Logger
 	now        func() time.Time
 	gen        uint64 // generation of the last prober started, across restarts
+	// unverifiedLogged: the line that listed TLS members go unverified was logged.
+	unverifiedLogged bool
 	// wrapProber wraps every prober the Manager starts: the identity, but tests inject faults.
 	wrapProber func(suture.Service) suture.Service
 }
@@ -205,7 +207,7 @@ func (r *run) record(rep Report) {
 	next := mb.state
 	switch rep.Evidence {
 	case Probed:
-		r.m.table.recordProbe(hp, Probe{At: rep.At, Result: rep.State, Reason: rep.Reason})
+		r.recordProbe(rep)
 		if rep.At.Before(mb.changed) {
 			return // begun before newer evidence changed the state: it does not undo it
 		}
@@ -229,6 +231,28 @@ func (r *run) record(rep Report) {
 		zap.String("reason", rep.Reason),
 		zap.Stringer("evidence", rep.Evidence))
 	r.publish()
+}
+
+// recordProbe keeps a probe's outcome as the member's last probe, and logs once what it found
+// out about the member's scheme and anything worth saying.
+func (r *run) recordProbe(rep Report) {
+	prev, _ := r.m.table.LastProbe(rep.Endpoint)
+	scheme := rep.Scheme
+	if scheme == resolver.SchemeUnknown {
+		scheme = prev.Scheme // not found out this time: what was known stands
+	}
+	r.m.table.recordProbe(rep.Endpoint.HostPort(), Probe{At: rep.At, Result: rep.State, Reason: rep.Reason, Scheme: scheme, Note: rep.Note})
+	if scheme != prev.Scheme {
+		r.m.log.Info("member scheme found", zap.Stringer("endpoint", rep.Endpoint), zap.Stringer("scheme", scheme),
+			zap.Stringer("was", prev.Scheme))
+		if scheme == resolver.SchemeTLS && !rep.Endpoint.TLS && r.m.probe.TLS.Roots == nil && !r.m.unverifiedLogged {
+			r.m.unverifiedLogged = true
+			r.m.log.Info("listed members that serve TLS are probed without verifying their certificates; clients still verify end to end; give --trusted-ca-file to verify them too")
+		}
+	}
+	if rep.Note != "" && rep.Note != prev.Note {
+		r.m.log.Warn("probe note", zap.Stringer("endpoint", rep.Endpoint), zap.String("note", rep.Note))
+	}
 }
 
 // reprobeAll asks every member's prober to probe at once, except the members asked less than

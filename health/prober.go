@@ -19,7 +19,7 @@ type ProbeConfig struct {
 	RetryDelay time.Duration // --retry-delay: between probes of a down endpoint while others are healthy
 	Rise       int           // consecutive better results before the state improves
 	Fall       int           // consecutive worse results before the state worsens
-	TLS        TLSConfig     // for members found through _etcd-client-ssl
+	TLS        TLSConfig     // for members that serve TLS
 	// Heartbeat is the period of the liveness heartbeat between two probes of a member that is
 	// not down (GET /version, which costs etcd no storage access), sent while the gateway
 	// forwards any connection; 0 turns it off. Two heartbeats in a row without an answer within
@@ -65,7 +65,10 @@ func (p *Prober) Serve(ctx context.Context) error {
 	chk := newChecker(p.ep, p.cfg.Mode, p.cfg.Timeout, p.cfg.TLS)
 	chk.now = p.now
 	defer chk.close()
-	hb := newHeartbeater(p.ep.Addr(), chk.tls)
+	if last, ok := p.table.LastProbe(p.ep); ok && last.Scheme != resolver.SchemeUnknown && !p.ep.TLS {
+		chk.scheme = last.Scheme // found before this prober's restart
+	}
+	hb := newHeartbeater(p.ep.Addr())
 	hb.now = p.now
 	if p.dialHeartbeat != nil {
 		hb.dialer = p.dialHeartbeat
@@ -81,7 +84,8 @@ func (p *Prober) Serve(ctx context.Context) error {
 		if ce := p.log.Check(zap.DebugLevel, "probed"); ce != nil {
 			ce.Write(zap.Stringer("state", got), zap.String("reason", reason))
 		}
-		if err := p.send(ctx, Report{Endpoint: p.ep, Evidence: Probed, State: got, Reason: reason, At: began}); err != nil {
+		rep := Report{Endpoint: p.ep, Evidence: Probed, State: got, Reason: reason, At: began, Scheme: chk.scheme, Note: chk.note}
+		if err := p.send(ctx, rep); err != nil {
 			return err
 		}
 		if got == tooLate && late < lateRetries {
@@ -89,7 +93,8 @@ func (p *Prober) Serve(ctx context.Context) error {
 			continue
 		}
 		late = 0
-		if err := p.wait(ctx, hb, began); err != nil {
+		hb.speak(chk.scheme == resolver.SchemeTLS, chk.handshake)
+		if err := p.wait(ctx, hb, chk.canHeartbeat(), began); err != nil {
 			return err
 		}
 	}
@@ -109,7 +114,7 @@ func (p *Prober) send(ctx context.Context, rep Report) error {
 // wait sleeps until the next probe is due, sending heartbeats meanwhile while the member is not
 // down and clients are connected. It returns early when asked to probe at once, or after
 // reporting heartbeats lost, so that a probe follows at once.
-func (p *Prober) wait(ctx context.Context, hb *heartbeater, began time.Time) error {
+func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, began time.Time) error {
 	misses := 0
 	confirm := false // the last heartbeat was missed, or seen too late: beat again at once
 	for {
@@ -123,7 +128,7 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, began time.Time) err
 		if left <= 0 {
 			return nil
 		}
-		canBeat := p.cfg.Heartbeat > 0 && state != Down && p.cfg.Mode != CheckTCP
+		canBeat := p.cfg.Heartbeat > 0 && state != Down && p.cfg.Mode != CheckTCP && reachable
 		var arrives <-chan struct{} // the first client after none: heartbeats resume at once
 		if canBeat {
 			arrives = p.activity.clientArrives() // taken before the count, so no arrival slips between
@@ -176,15 +181,24 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, began time.Time) err
 	}
 }
 
-// ProbeOnce probes ep once as a Prober would, and returns its state and, when it is not
-// healthy, why.
-func ProbeOnce(ctx context.Context, ep resolver.Endpoint, cfg ProbeConfig) (State, string) {
+// ProbeResult is the outcome of ProbeOnce.
+type ProbeResult struct {
+	State  State
+	Reason string          // why it is not healthy
+	Scheme resolver.Scheme // what the member serves
+	Note   string          // what the probe found worth saying, though no fault
+}
+
+// ProbeOnce probes ep once as a Prober would.
+func ProbeOnce(ctx context.Context, ep resolver.Endpoint, cfg ProbeConfig) ProbeResult {
 	chk := newChecker(ep, cfg.Mode, cfg.Timeout, cfg.TLS)
 	defer chk.close()
-	for range lateRetries {
-		if st, reason := chk.check(ctx); st != tooLate {
-			return st, reason
+	var st State
+	var reason string
+	for range lateRetries + 1 {
+		if st, reason = chk.check(ctx); st != tooLate {
+			break
 		}
 	}
-	return chk.check(ctx)
+	return ProbeResult{State: st, Reason: reason, Scheme: chk.scheme, Note: chk.note}
 }

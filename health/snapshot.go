@@ -141,7 +141,9 @@ type Table struct {
 type Probe struct {
 	At     time.Time
 	Result State
-	Reason string // empty when healthy
+	Reason string          // empty when healthy
+	Scheme resolver.Scheme // what the member serves, as far as known
+	Note   string          // what the probe found worth saying, though no fault
 }
 
 // LastProbe returns the latest probe of the endpoint at ep's address, and false before its

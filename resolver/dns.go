@@ -19,7 +19,13 @@ var errNameNotFound = errors.New("no such name (NXDOMAIN)")
 type dnsClient struct {
 	servers []string // host:port
 	timeout time.Duration
+	// systemTargets resolves SRV targets through Go's resolver (/etc/hosts first), as etcd
+	// does; it is set unless --dns-server names the server for everything.
+	systemTargets bool
 }
+
+// systemResolver resolves SRV targets when no --dns-server is given.
+var systemResolver = &net.Resolver{PreferGo: true}
 
 // newDNSClient uses server when given (host:port), the servers of resolvConf otherwise.
 func newDNSClient(server, resolvConf string, timeout time.Duration) (*dnsClient, error) {
@@ -36,7 +42,7 @@ func newDNSClient(server, resolvConf string, timeout time.Duration) (*dnsClient,
 	if len(cc.Servers) == 0 {
 		return nil, fmt.Errorf("%s lists no DNS server; give one with --dns-server=HOST:PORT", resolvConf)
 	}
-	c := &dnsClient{timeout: timeout}
+	c := &dnsClient{timeout: timeout, systemTargets: true}
 	for _, s := range cc.Servers {
 		c.servers = append(c.servers, net.JoinHostPort(s, cc.Port))
 	}

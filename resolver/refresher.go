@@ -91,7 +91,7 @@ func (r *Refresher) Serve(ctx context.Context) error {
 		r.log.Info("using --endpoints until SRV discovery succeeds", zap.Stringers("endpoints", r.cfg.Fallback))
 		r.out.Publish(Normalize(r.cfg.Fallback))
 	}
-	run := refresherRun{r: r, refused: map[Endpoint]string{}}
+	run := newRefresherRun(r)
 	backoff := r.cfg.MinRefresh
 	for {
 		wait, ok := run.once(ctx)
@@ -118,6 +118,13 @@ type refresherRun struct {
 	failing bool
 	refused map[Endpoint]string // member → why it was left out
 	plainOK bool                // the unauthenticated members were logged
+	// lastByName holds each SRV name's members of its last answer, used while it fails.
+	lastByName  map[string][]Endpoint
+	nameFailing map[string]bool // names whose failure was logged
+}
+
+func newRefresherRun(r *Refresher) *refresherRun {
+	return &refresherRun{r: r, refused: map[Endpoint]string{}, lastByName: map[string][]Endpoint{}, nameFailing: map[string]bool{}}
 }
 
 // once does one lookup and publishes its result. It returns the wait until the next lookup
@@ -125,6 +132,10 @@ type refresherRun struct {
 func (run *refresherRun) once(ctx context.Context) (time.Duration, bool) {
 	r := run.r
 	d, err := r.dns.discover(ctx, r.secureName, r.plain)
+	var found []Endpoint
+	if err == nil {
+		found, err = d.merge(run.lastByName)
+	}
 	if ctx.Err() == nil {
 		r.lookups.Add(1)
 	}
@@ -144,15 +155,51 @@ func (run *refresherRun) once(ctx context.Context) (time.Duration, bool) {
 		run.failing = false
 		r.log.Info("SRV discovery recovered")
 	}
-	set := run.admit(ctx, d.endpoints)
+	complete := run.judgeNames(d)
+	if !complete {
+		r.failures.Add(1)
+	}
+	last, _ := r.out.Latest()
+	set, retry := run.admit(ctx, found, last)
+	wait := min(max(d.ttl, r.cfg.MinRefresh), r.cfg.MaxRefresh)
+	if retry {
+		wait = min(wait, max(transientRetry, r.cfg.MinRefresh))
+	}
 	if len(set) == 0 {
 		r.log.Warn("every discovered member was left out; keeping the last good endpoint set")
 	} else if last, ok := r.out.Latest(); !ok || !slices.Equal(last, set) {
 		r.out.Publish(set)
 		r.log.Info("discovered endpoint set", zap.Stringers("endpoints", set), zap.Duration("ttl", d.ttl))
 	}
-	return min(max(d.ttl, r.cfg.MinRefresh), r.cfg.MaxRefresh), true
+	return wait, complete
 }
+
+// judgeNames remembers the members of each name that answered, and logs once when a name
+// starts or stops failing. It reports whether both names answered.
+func (run *refresherRun) judgeNames(d discovery) bool {
+	complete := true
+	for _, res := range d.names {
+		if res.err != nil {
+			complete = false
+			if !run.nameFailing[res.name] {
+				run.nameFailing[res.name] = true
+				run.r.log.Warn("one SRV name failed; using the other's records and this name's last good members",
+					zap.String("srv_name", res.name), zap.Error(res.err), zap.Stringers("kept", run.lastByName[res.name]))
+			}
+			continue
+		}
+		if run.nameFailing[res.name] {
+			delete(run.nameFailing, res.name)
+			run.r.log.Info("SRV name answers again", zap.String("srv_name", res.name))
+		}
+		run.lastByName[res.name] = res.endpoints
+	}
+	return complete
+}
+
+// transientRetry is how soon discovery looks again when a member could not be verified for a
+// reason that says nothing of its certificate (a timeout, a refused connection).
+const transientRetry = 2 * time.Second
 
 // Discover looks the members up once and returns those admitted, without publishing them; the
 // check command uses it.
@@ -161,8 +208,13 @@ func (r *Refresher) Discover(ctx context.Context) ([]Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	run := refresherRun{r: r, refused: map[Endpoint]string{}}
-	set := run.admit(ctx, d.endpoints)
+	run := newRefresherRun(r)
+	run.judgeNames(d)
+	found, err := d.merge(nil)
+	if err != nil {
+		return nil, err
+	}
+	set, _ := run.admit(ctx, found, nil)
 	if len(set) == 0 {
 		return nil, errors.New("every discovered member was left out (see the log)")
 	}
@@ -170,8 +222,11 @@ func (r *Refresher) Discover(ctx context.Context) ([]Endpoint, error) {
 }
 
 // admit drops members that are the gateway itself and, unless --insecure-discovery, TLS members
-// whose certificate does not verify. Verifications run in parallel.
-func (run *refresherRun) admit(ctx context.Context, eps []Endpoint) []Endpoint {
+// that do not prove they hold the key of a certificate that verifies. A member that could not
+// be verified for a transient reason (a timeout, a refused connection) stays when it is in
+// last, the set in use, and is left out otherwise; retry then says to look again soon.
+// Verifications run in parallel.
+func (run *refresherRun) admit(ctx context.Context, eps, last []Endpoint) (admitted []Endpoint, retry bool) {
 	r := run.r
 	reasons := make([]error, len(eps))
 	loops := make([]bool, len(eps))
@@ -190,14 +245,22 @@ func (run *refresherRun) admit(ctx context.Context, eps []Endpoint) []Endpoint {
 		}
 	}
 	wg.Wait()
-	var admitted, plain []Endpoint
+	var plain []Endpoint
 	for i, ep := range eps {
+		transient := isTransient(reasons[i])
+		retry = retry || transient
+		if transient && slices.ContainsFunc(last, func(e Endpoint) bool { return e.HostPort() == ep.HostPort() }) {
+			reasons[i] = nil // verified before: its probes judge it meanwhile
+		}
 		if reasons[i] != nil {
 			if why := reasons[i].Error(); run.refused[ep] != why {
 				run.refused[ep] = why
-				msg := "member left out: its TLS certificate does not verify; fix the certificate, give its CA with --trusted-ca-file, or allow it with --insecure-discovery"
-				if loops[i] {
+				msg := "member left out: it did not prove it holds a TLS certificate that verifies; fix the certificate, give its CA with --trusted-ca-file, or allow it with --insecure-discovery"
+				switch {
+				case loops[i]:
 					msg = "member left out: it is the gateway's own listen address"
+				case transient:
+					msg = "member left out for now: it could not be verified; trying again in seconds"
 				}
 				r.log.Warn(msg, zap.Stringer("endpoint", ep), zap.String("srv_target", ep.Target), zap.Error(reasons[i]))
 			}
@@ -214,7 +277,7 @@ func (run *refresherRun) admit(ctx context.Context, eps []Endpoint) []Endpoint {
 		r.log.Info("members from _etcd-client records serve without TLS and are used unauthenticated",
 			zap.Stringers("endpoints", plain))
 	}
-	return admitted
+	return admitted, retry
 }
 
 // jitter spreads d over [d/2, d).

@@ -17,6 +17,7 @@ import (
 
 	"github.com/etcd-gateway/etcd-gateway/internal/dnstest"
 	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
+	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
 )
 
 const defaultTestTimeout = 10 * time.Second
@@ -235,27 +236,9 @@ func TestRefresherRefusesLoop(t *testing.T) {
 
 // tlsMember serves TLS with cert on loopback and returns its port.
 func tlsMember(t *testing.T, cert tls.Certificate, clientAuth tls.ClientAuthType) uint16 {
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: clientAuth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.(*tls.Conn).Handshake()
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-	})
-	return uint16(ln.Addr().(*net.TCPAddr).Port)
+	addr, _ := tlsServer(t, "127.0.0.1:0", cert, clientAuth, tls.VersionTLS13)
+	_, port := splitTestAddr(t, addr)
+	return port
 }
 
 func TestTLSVerification(t *testing.T) {
@@ -308,7 +291,7 @@ func TestTLSVerification(t *testing.T) {
 			if got, _ := f.updates.Latest(); !slices.Equal(got, want) {
 				t.Fatalf("published %v, want %v", got, want)
 			}
-			refusals := f.logs.FilterMessage("member left out: its TLS certificate does not verify; fix the certificate, give its CA with --trusted-ca-file, or allow it with --insecure-discovery").Len()
+			refusals := f.logs.FilterMessageSnippet("member left out: it did not prove it holds a TLS certificate that verifies").Len()
 			if wantLogs := map[bool]int{true: 0, false: 1}[tt.want]; refusals != wantLogs {
 				t.Errorf("%d refusal lines, want %d", refusals, wantLogs)
 			}
@@ -368,4 +351,44 @@ func TestRefresherThroughDNSChaos(t *testing.T) {
 		t.Errorf("the published set was empty %d times during DNS chaos", empties)
 	}
 	t.Logf("%d chaos steps; the final zone was followed %s after it was set", steps, took)
+}
+
+// A member that cannot be reached while it is verified is tried again within seconds, not at
+// the records' next refresh, and the log says what happened rather than blaming its
+// certificate.
+func TestTransientVerificationFailureIsRetriedSoon(t *testing.T) {
+	t.Parallel()
+	ca := testcert.NewCA(t, "cluster CA")
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port, err := testnet.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := dnstest.Start(t)
+	s.SetZone(
+		"_etcd-client-ssl._tcp.example.com. 300 IN SRV 0 0 "+strconv.Itoa(port)+" m1.example.com.",
+		"_etcd-client._tcp.example.com. 300 IN SRV 0 0 2379 m2.example.com.",
+		"m1.example.com. 300 IN A 127.0.0.1",
+		"m2.example.com. 300 IN A 127.0.0.12",
+	)
+	cfg := testSRVConfig(t, s)
+	cfg.CAFile = caFile
+	f := startRefresher(t, s, cfg)
+	plain := Endpoint{Host: "127.0.0.12", Port: 2379, Target: "m2.example.com"}
+	f.waitSet(t, []Endpoint{plain}) // nothing listens on the member's port yet: refused
+
+	tlsServer(t, "127.0.0.1:"+strconv.Itoa(port), ca.Issue(t, []string{"example.com"}, nil), tls.NoClientCert, tls.VersionTLS13)
+	member := Endpoint{Host: "127.0.0.1", Port: uint16(port), Target: "m1.example.com", TLS: true}
+	if took := f.waitSet(t, Normalize([]Endpoint{member, plain})); took > 5*time.Second {
+		t.Errorf("admitted %s after it listened; want it within seconds, not at the 300 s refresh", took)
+	}
+	if n := f.logs.FilterMessageSnippet("could not be verified").Len(); n != 1 {
+		t.Errorf("%d lines say the member could not be verified; want 1", n)
+	}
+	if n := f.logs.FilterMessageSnippet("did not prove").Len(); n != 0 {
+		t.Errorf("a refused connection was blamed on the certificate %d times", n)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"go.uber.org/zap"
 
 	"github.com/etcd-gateway/etcd-gateway/internal/dnstest"
 )
@@ -61,8 +62,12 @@ func TestDiscover(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.Equal(d.endpoints, Normalize(exampleEndpoints)) {
-				t.Errorf("endpoints:\n got %v\nwant %v", d.endpoints, Normalize(exampleEndpoints))
+			got, err := d.merge(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, Normalize(exampleEndpoints)) {
+				t.Errorf("endpoints:\n got %v\nwant %v", got, Normalize(exampleEndpoints))
 			}
 			if d.ttl != 5*time.Second {
 				t.Errorf("ttl = %s, want the smallest, 5s", d.ttl)
@@ -85,9 +90,10 @@ func TestDiscoverOneNameMissingIsNormal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	got, err := d.merge(nil)
 	want := []Endpoint{{Host: "127.0.0.11", Port: 2379, Target: "m1.example.com"}}
-	if !slices.Equal(d.endpoints, want) {
-		t.Fatalf("endpoints = %v, want %v", d.endpoints, want)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("endpoints = %v, %v; want %v", got, err, want)
 	}
 }
 
@@ -111,8 +117,12 @@ func TestDiscoverFailures(t *testing.T) {
 			s.SetMode(tt.mode)
 			secure, plain := SRVNames("example.com", "")
 			d, err := newTestDNSClient(t, s).discover(context.Background(), secure, plain)
+			var got []Endpoint
+			if err == nil {
+				got, err = d.merge(nil)
+			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("discover = %v, %v; want an error about %q", d.endpoints, err, tt.wantErr)
+				t.Fatalf("discover = %v, %v; want an error about %q", got, err, tt.wantErr)
 			}
 		})
 	}
@@ -160,5 +170,59 @@ func TestDNSClientErrors(t *testing.T) {
 	}
 	if _, err := newDNSClient("", "/nonexistent/resolv.conf", time.Second); err == nil || !strings.Contains(err.Error(), "--dns-server") {
 		t.Errorf("missing resolv.conf: %v", err)
+	}
+}
+
+func TestOneSRVNameFailingKeepsTheOther(t *testing.T) {
+	s := dnstest.Start(t)
+	s.SetZone(exampleZone...)
+	secure, plain := SRVNames("example.com", "")
+	c := newTestDNSClient(t, s)
+	run := newRefresherRun(&Refresher{log: zap.NewNop()})
+
+	d, err := c.discover(context.Background(), secure, plain)
+	if err != nil || !run.judgeNames(d) {
+		t.Fatalf("both names answering: %v", err)
+	}
+	s.SetNameMode(secure, dnstest.ServFail)
+	d, err = c.discover(context.Background(), secure, plain)
+	if err != nil {
+		t.Fatalf("SERVFAIL on %s alone: %v; the plain name answered", secure, err)
+	}
+	if run.judgeNames(d) {
+		t.Error("a failed name was not reported")
+	}
+	got, err := d.merge(run.lastByName)
+	if err != nil || !slices.Equal(got, Normalize(exampleEndpoints)) {
+		t.Errorf("with %s failing: %v, %v; want its last good member kept with the others", secure, got, err)
+	}
+
+	s.SetNameMode(plain, dnstest.ServFail)
+	if _, err := c.discover(context.Background(), secure, plain); err == nil {
+		t.Error("both names failing is no error")
+	}
+}
+
+func TestTargetsResolvedThroughTheSystemResolver(t *testing.T) {
+	// "localhost" is listed in /etc/hosts and unknown to the test server: only Go's own resolver,
+	// which reads /etc/hosts first, finds it.
+	s := dnstest.Start(t)
+	s.SetZone("_etcd-client._tcp.example.com. 30 IN SRV 0 0 2379 localhost.")
+	secure, plain := SRVNames("example.com", "")
+	c := newTestDNSClient(t, s)
+	c.systemTargets = true
+	d, err := c.discover(context.Background(), secure, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.merge(nil)
+	if err != nil || !slices.ContainsFunc(got, func(e Endpoint) bool { return e.Host == "127.0.0.1" && e.Port == 2379 }) {
+		t.Fatalf("endpoints = %v, %v; want localhost's 127.0.0.1 from /etc/hosts", got, err)
+	}
+	if d.ttl != 30*time.Second {
+		t.Errorf("ttl = %s; want the SRV record's 30s", d.ttl)
+	}
+	if n := s.Queries("localhost.", dns.TypeA); n != 0 {
+		t.Errorf("the DNS server was asked for localhost %d times; /etc/hosts answers it", n)
 	}
 }

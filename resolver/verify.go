@@ -2,7 +2,6 @@ package resolver
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -11,10 +10,23 @@ import (
 	"time"
 )
 
-// verifier checks that a member found through `_etcd-client-ssl` records presents a
+// LoadRoots reads the PEM certificates of --trusted-ca-file.
+func LoadRoots(caFile string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("--trusted-ca-file: %v", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", caFile)
+	}
+	return roots, nil
+}
+
+// verifier checks that a member found through `_etcd-client-ssl` records holds the key of a
 // certificate chain valid for the SRV domain or for its own target name, by a real TLS
-// handshake. Only the server's certificate is judged: a member that then asks for a client
-// certificate the gateway does not have still passes.
+// handshake. A member that then asks for a client certificate the gateway does not have still
+// passes: it proved its key before asking.
 type verifier struct {
 	roots   *x509.CertPool // nil: the system roots
 	domain  string
@@ -27,55 +39,63 @@ func newVerifier(caFile, domain string, timeout time.Duration) (*verifier, error
 	if caFile == "" {
 		return v, nil
 	}
-	pem, err := os.ReadFile(caFile)
+	roots, err := LoadRoots(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("--trusted-ca-file: %v", err)
+		return nil, err
 	}
-	v.roots = x509.NewCertPool()
-	if !v.roots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", caFile)
-	}
+	v.roots = roots
 	return v, nil
 }
 
-// verify handshakes with ep and returns nil when its certificate is valid for the domain or
-// for ep.Target.
+// errTransient wraps a verification that failed for a reason that says nothing of the member's
+// certificate: a refused connection, a timeout.
+type errTransient struct{ err error }
+
+func (e *errTransient) Error() string { return "could not verify: " + e.err.Error() }
+
+func (e *errTransient) Unwrap() error { return e.err }
+
+// isTransient reports whether err is a verification to try again soon.
+func isTransient(err error) bool {
+	var t *errTransient
+	return errors.As(err, &t)
+}
+
+// verify handshakes with ep and returns nil when it proved its key and its certificate is valid
+// for the domain or for ep.Target; an *errTransient when it could not tell.
 func (v *verifier) verify(ctx context.Context, ep Endpoint) error {
-	var verifyErr error
-	verified := false
-	cfg := &tls.Config{
-		ServerName: v.domain,
-		// The chain and the names are checked in VerifyConnection, against either name.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			verifyErr = v.check(cs.PeerCertificates, ep.Target)
-			verified = verifyErr == nil
-			return verifyErr
-		},
-	}
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: v.timeout}, Config: cfg}
 	ctx, cancel := context.WithTimeout(ctx, v.timeout)
 	defer cancel()
-	conn, err := d.DialContext(ctx, "tcp", ep.Addr())
-	if err == nil {
-		return conn.Close()
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", ep.Addr())
+	if err != nil {
+		return &errTransient{err}
 	}
-	if verified {
-		return nil // the member refused us after we had verified it, e.g. for want of a client certificate
+	h := HandshakeMember(ctx, raw, MemberTLS{Verify: true, Roots: v.roots, Names: []string{v.domain, ep.Target}, StrictNames: true})
+	if h.Conn != nil {
+		h.Conn.Close()
 	}
-	if verifyErr != nil {
-		return verifyErr
+	switch {
+	case h.Untrusted != nil:
+		return h.Untrusted
+	case h.Verified():
+		return nil
+	case h.Transient():
+		return &errTransient{h.Err}
+	case h.Scheme == SchemePlain:
+		return errors.New("the member does not speak TLS")
 	}
-	return fmt.Errorf("TLS handshake: %w", err)
+	return fmt.Errorf("the member did not prove it holds its certificate's key: %w", h.Err)
 }
 
-func (v *verifier) check(chain []*x509.Certificate, target string) error {
-	return VerifyServer(chain, v.roots, v.domain, target)
+// isTimeoutErr reports whether err is a timeout.
+func isTimeoutErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)
 }
 
-// VerifyServer checks a member's certificate chain against roots (the system roots when nil)
-// and accepts it when it is valid for any of names (empty names are skipped).
-func VerifyServer(chain []*x509.Certificate, roots *x509.CertPool, names ...string) error {
+// verifyChain checks a member's certificate chain against roots (the system roots when nil).
+func verifyChain(chain []*x509.Certificate, roots *x509.CertPool) error {
 	if len(chain) == 0 {
 		return errors.New("member sent no certificate")
 	}
@@ -86,10 +106,33 @@ func VerifyServer(chain []*x509.Certificate, roots *x509.CertPool, names ...stri
 	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter}); err != nil {
 		return fmt.Errorf("certificate not trusted: %w", err)
 	}
+	return nil
+}
+
+// matchName accepts a certificate valid for any of names (empty names are skipped).
+func matchName(cert *x509.Certificate, names []string) error {
+	var tried []string
 	for _, name := range names {
-		if name != "" && chain[0].VerifyHostname(name) == nil {
+		if name == "" {
+			continue
+		}
+		if cert.VerifyHostname(name) == nil {
 			return nil
 		}
+		tried = append(tried, name)
 	}
-	return fmt.Errorf("certificate is valid for none of %q", names)
+	return fmt.Errorf("certificate is valid for %s, not for %q", certNames(cert), tried)
+}
+
+// certNames lists the names a certificate is valid for.
+func certNames(cert *x509.Certificate) string {
+	var names []string
+	names = append(names, cert.DNSNames...)
+	for _, ip := range cert.IPAddresses {
+		names = append(names, ip.String())
+	}
+	if len(names) == 0 {
+		return "no name"
+	}
+	return fmt.Sprintf("%q", names)
 }

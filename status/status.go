@@ -26,6 +26,7 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/internal/version"
 	"github.com/etcd-gateway/etcd-gateway/listener"
+	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
 // Sources is the gateway state the status server reads.
@@ -177,13 +178,19 @@ type Report struct {
 
 // EndpointReport is one endpoint in the /status document.
 type EndpointReport struct {
-	Endpoint          string     `json:"endpoint"`
-	Source            string     `json:"source"` // "srv", "endpoints" or "endpoints-file"
-	Target            string     `json:"srv_target,omitempty"`
-	Priority          *uint16    `json:"srv_priority,omitempty"` // only for SRV members
-	Weight            *uint16    `json:"srv_weight,omitempty"`
-	State             string     `json:"state"`
-	Reason            string     `json:"reason,omitempty"`
+	Endpoint string  `json:"endpoint"`
+	Source   string  `json:"source"` // "srv", "endpoints" or "endpoints-file"
+	Target   string  `json:"srv_target,omitempty"`
+	Priority *uint16 `json:"srv_priority,omitempty"` // only for SRV members
+	Weight   *uint16 `json:"srv_weight,omitempty"`
+	// Scheme is what the member serves clients, as the probes found: "http", "https" or
+	// "unknown".
+	Scheme string `json:"scheme"`
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"`
+	// Note is what the last probe found worth saying though no fault: a certificate for other
+	// names than the member's, a member judged alive by its TLS key alone.
+	Note              string     `json:"note,omitempty"`
 	InRotation        bool       `json:"in_rotation"`
 	LastProbe         *ProbeJSON `json:"last_probe,omitempty"`
 	ActiveConnections int        `json:"active_connections"`
@@ -217,8 +224,16 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 			er.Source = "srv"
 			er.Priority, er.Weight = &ep.Priority, &ep.Weight
 		}
+		er.Scheme = resolver.SchemeUnknown.String()
+		if ep.TLS {
+			er.Scheme = resolver.SchemeTLS.String()
+		}
 		if p, ok := s.src.Table.LastProbe(ep); ok {
 			er.LastProbe = &ProbeJSON{At: p.At.UTC(), Result: p.Result.String(), Reason: p.Reason}
+			if p.Scheme != resolver.SchemeUnknown {
+				er.Scheme = p.Scheme.String()
+			}
+			er.Note = p.Note
 		}
 		rep.Endpoints = append(rep.Endpoints, er)
 	}

@@ -14,9 +14,11 @@ import (
 // CheckResult is one endpoint's verdict from Check.
 type CheckResult struct {
 	Endpoint resolver.Endpoint
-	Source   string // "endpoints", "endpoints-file" or "srv"
+	Source   string          // "endpoints", "endpoints-file" or "srv"
+	Scheme   resolver.Scheme // what the member serves, as the probe found
 	State    health.State
 	Reason   string // why it is not healthy
+	Note     string // what the probe found worth saying, though no fault
 	Took     time.Duration
 }
 
@@ -58,8 +60,9 @@ func Check(ctx context.Context, cfg Config, log *zap.Logger) ([]CheckResult, err
 		go func() {
 			defer wg.Done()
 			began := time.Now()
-			state, reason := health.ProbeOnce(ctx, ep, probe)
-			results[i] = CheckResult{Endpoint: ep, Source: source, State: state, Reason: reason, Took: time.Since(began)}
+			res := health.ProbeOnce(ctx, ep, probe)
+			results[i] = CheckResult{Endpoint: ep, Source: source, Scheme: res.Scheme, State: res.State, Reason: res.Reason,
+				Note: res.Note, Took: time.Since(began)}
 		}()
 	}
 	wg.Wait()

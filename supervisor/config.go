@@ -3,7 +3,6 @@ package supervisor
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -30,8 +29,11 @@ type Config struct {
 	DialTimeout     time.Duration       // bound of every dial to a member and of every probe
 	ShutdownTimeout time.Duration       // how long live connections may finish after a stop signal
 	KeepAlive       time.Duration       // TCP keep-alive period on both legs; 0 means Go's 15s
-	MetricsAddr     string              // host:port of /metrics, /healthz, /readyz and /status; empty for none
-	Health          HealthConfig
+	// TrustedCAFile verifies TLS members: those from _etcd-client-ssl (the system roots when
+	// empty) and listed ones (not verified when empty).
+	TrustedCAFile string
+	MetricsAddr   string // host:port of /metrics, /healthz, /readyz and /status; empty for none
+	Health        HealthConfig
 }
 
 // HealthConfig is how members are probed and what happens to a sick member's connections.
@@ -74,16 +76,14 @@ func (cfg Config) probeConfig() (health.ProbeConfig, error) {
 	}
 	if d := cfg.Discovery; d != nil {
 		pc.TLS.Domain = d.Domain
-		if d.CAFile != "" {
-			pem, err := os.ReadFile(d.CAFile)
-			if err != nil {
-				return pc, fmt.Errorf("--trusted-ca-file: %v", err)
-			}
-			pc.TLS.Roots = x509.NewCertPool()
-			if !pc.TLS.Roots.AppendCertsFromPEM(pem) {
-				return pc, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", d.CAFile)
-			}
+		pc.TLS.InsecureDiscovery = d.Insecure
+	}
+	if cfg.TrustedCAFile != "" {
+		roots, err := resolver.LoadRoots(cfg.TrustedCAFile)
+		if err != nil {
+			return pc, err
 		}
+		pc.TLS.Roots = roots
 	}
 	return pc, nil
 }

@@ -173,6 +173,7 @@ func parseCommand(command string, args []string, getenv func(string) (string, bo
 	fs.IntVar(&h.Fall, "health-fall", h.Fall, "consecutive worse probe results before a member's state worsens")
 	fs.StringVar(&h.CertFile, "health-cert-file", "", "client certificate for probing TLS members that require one")
 	fs.StringVar(&h.KeyFile, "health-key-file", "", "key of --health-cert-file")
+	fs.StringVar(&opts.cfg.TrustedCAFile, "trusted-ca-file", "", "CA that verifies TLS members: those from _etcd-client-ssl records (default: the system roots) and listed ones (default: not verified; clients still verify end to end)")
 	fs.BoolVar(&h.Evict, "evict-unhealthy", h.Evict, "close the connections of a member that turns down, or degraded while another is healthy, so its clients reconnect to a healthy one")
 	var discovery srvFlags
 	discovery.register(fs)
@@ -199,6 +200,9 @@ func parseCommand(command string, args []string, getenv func(string) (string, bo
 	srv, err := discovery.config(fs, opts.cfg.DialTimeout)
 	if err != nil {
 		return options{}, err
+	}
+	if srv != nil {
+		srv.CAFile = opts.cfg.TrustedCAFile
 	}
 	opts.cfg.Discovery = srv
 	if path := opts.cfg.EndpointsFile; path != "" {
@@ -291,9 +295,9 @@ func writeUsage(out io.Writer, command string, fs *flag.FlagSet) {
 
 // srvFlags are the SRV discovery flags: etcd's four, plus the DNS server and refresh bounds.
 type srvFlags struct {
-	domain, name, caFile, dnsServer string
-	insecure                        bool
-	minRefresh, maxRefresh          time.Duration
+	domain, name, dnsServer string
+	insecure                bool
+	minRefresh, maxRefresh  time.Duration
 }
 
 func (s *srvFlags) register(fs *flag.FlagSet) {
@@ -301,7 +305,6 @@ func (s *srvFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.domain, "discovery-srv", "", "domain whose SRV records (_etcd-client-ssl._tcp and _etcd-client._tcp) list the members; re-read as their TTL says")
 	fs.StringVar(&s.name, "discovery-srv-name", "", "suffix of the SRV names: _etcd-client-ssl-NAME._tcp and _etcd-client-NAME._tcp")
 	fs.BoolVar(&s.insecure, "insecure-discovery", false, "use members from _etcd-client-ssl records without verifying their TLS certificate")
-	fs.StringVar(&s.caFile, "trusted-ca-file", "", "CA that verifies members from _etcd-client-ssl records (default: the system roots)")
 	fs.StringVar(&s.dnsServer, "dns-server", "", "DNS server (host:port) for SRV discovery (default: those in /etc/resolv.conf)")
 	fs.Var(durationFlag{&s.minRefresh}, "discovery-srv-min-refresh", "shortest wait between SRV lookups, whatever the TTL")
 	fs.Var(durationFlag{&s.maxRefresh}, "discovery-srv-max-refresh", "longest wait between SRV lookups, whatever the TTL; also the longest backoff after failures")
@@ -314,7 +317,7 @@ func (s *srvFlags) config(fs *flag.FlagSet, dialTimeout time.Duration) (*resolve
 		var stray string
 		fs.Visit(func(f *flag.Flag) {
 			switch f.Name {
-			case "discovery-srv-name", "insecure-discovery", "trusted-ca-file", "dns-server", "discovery-srv-min-refresh", "discovery-srv-max-refresh":
+			case "discovery-srv-name", "insecure-discovery", "dns-server", "discovery-srv-min-refresh", "discovery-srv-max-refresh":
 				stray = f.Name
 			}
 		})
@@ -329,7 +332,6 @@ func (s *srvFlags) config(fs *flag.FlagSet, dialTimeout time.Duration) (*resolve
 		DNSServer:   s.dnsServer,
 		ResolvConf:  "/etc/resolv.conf",
 		Insecure:    s.insecure,
-		CAFile:      s.caFile,
 		MinRefresh:  s.minRefresh,
 		MaxRefresh:  s.maxRefresh,
 		DialTimeout: dialTimeout,

@@ -98,7 +98,7 @@ func TestParseStartRefusesBadInput(t *testing.T) {
 		{"stray argument", []string{"10.0.1.10:2379"}, nil, "unexpected argument"},
 		{"bad log level", []string{"--log-level=loud"}, nil, "not a log level"},
 		{"bad environment value", nil, map[string]string{"ETCD_GATEWAY_RETRY_DELAY": "60"}, "ETCD_GATEWAY_RETRY_DELAY"},
-		{"discovery flag without --discovery-srv", []string{"--trusted-ca-file=/ca.pem"}, nil, "add --discovery-srv"},
+		{"discovery flag without --discovery-srv", []string{"--insecure-discovery"}, nil, "add --discovery-srv"},
 		{"bad health check", []string{"--health-check=options"}, nil, "not a health check"},
 		{"health interval without unit", []string{"--health-interval=5"}, nil, "with a unit"},
 		{"bad refresh bound", []string{"--discovery-srv=example.com", "--discovery-srv-min-refresh=1"}, nil, "with a unit"},
@@ -214,4 +214,22 @@ func FuzzParseCommand(f *testing.F) {
 			t.Fatalf("%q with %q: multi-line error %q", args, env, err)
 		}
 	})
+}
+
+func TestTrustedCAFileWithListedEndpoints(t *testing.T) {
+	for _, args := range [][]string{
+		{"--endpoints=10.0.1.10:2379", "--trusted-ca-file=/etc/etcd/ca.pem"},
+		{"--discovery-srv=example.com", "--trusted-ca-file=/etc/etcd/ca.pem"},
+	} {
+		opts, err := parseCommand("start", args, noEnv, false, &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("parse %q: %v", args, err)
+		}
+		if opts.cfg.TrustedCAFile != "/etc/etcd/ca.pem" {
+			t.Errorf("parse %q: trusted CA file = %q", args, opts.cfg.TrustedCAFile)
+		}
+		if d := opts.cfg.Discovery; d != nil && d.CAFile != "/etc/etcd/ca.pem" {
+			t.Errorf("parse %q: discovery verifies against %q", args, d.CAFile)
+		}
+	}
 }

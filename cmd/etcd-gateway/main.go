@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"text/tabwriter"
@@ -223,13 +224,17 @@ func check(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ENDPOINT\tSOURCE\tSTATE\tTOOK\tREASON")
+	fmt.Fprintln(tw, "ENDPOINT\tSOURCE\tSCHEME\tSTATE\tTOOK\tREASON")
 	healthy := 0
 	for _, r := range results {
 		if r.State == health.Healthy {
 			healthy++
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Endpoint, r.Source, r.State, r.Took.Round(time.Millisecond), r.Reason)
+		why := r.Reason
+		if r.Note != "" {
+			why = strings.TrimPrefix(why+"; "+r.Note, "; ")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Endpoint, r.Source, r.Scheme, r.State, r.Took.Round(time.Millisecond), why)
 	}
 	tw.Flush()
 	fmt.Fprintf(stdout, "%d of %d endpoints healthy\n", healthy, len(results))

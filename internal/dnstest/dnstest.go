@@ -36,6 +36,7 @@ type Server struct {
 	mu      sync.Mutex
 	rrs     []dns.RR
 	mode    Mode
+	byName  map[string]Mode // names answered in another mode than mode
 	noExtra bool
 	queries map[string]int // "name TYPE" → count
 	servers []*dns.Server
@@ -145,6 +146,17 @@ func (s *Server) SetMode(m Mode) {
 	s.mu.Unlock()
 }
 
+// SetNameMode makes the server answer queries for name (fully qualified) in mode m, whatever
+// the mode of the others.
+func (s *Server) SetNameMode(name string, m Mode) {
+	s.mu.Lock()
+	if s.byName == nil {
+		s.byName = map[string]Mode{}
+	}
+	s.byName[strings.ToLower(name)] = m
+	s.mu.Unlock()
+}
+
 // OmitAdditional makes SRV answers come without the targets' addresses, so that clients
 // must look them up.
 func (s *Server) OmitAdditional() {
@@ -168,6 +180,9 @@ func (s *Server) handle(w dns.ResponseWriter, req *dns.Msg) {
 	s.mu.Lock()
 	s.queries[strings.ToLower(q.Name)+" "+dns.TypeToString[q.Qtype]]++
 	mode, noExtra := s.mode, s.noExtra
+	if m, ok := s.byName[strings.ToLower(q.Name)]; ok {
+		mode = m
+	}
 	rrs := s.rrs
 	s.mu.Unlock()
 
