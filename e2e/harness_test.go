@@ -238,7 +238,14 @@ func (c *cluster) replace(t *testing.T, i int, name string) *member {
 // leader returns the index of the cluster's leader.
 func leader(t *testing.T, members []*member) int {
 	t.Helper()
-	c := newClient(t, members[0].client)
+	return (&cluster{members: members}).leader(t)
+}
+
+// leader returns the index of the cluster's leader, asked over TLS when the cluster speaks it.
+func (cl *cluster) leader(t *testing.T) int {
+	t.Helper()
+	members := cl.members
+	c := newTLSClient(t, cl.clientTLS, members[0].client)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
 	st, err := c.Status(ctx, members[0].client)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"strings"
@@ -79,10 +80,10 @@ func (l *load) since(from time.Time) (total int, failed []request) {
 
 // clientOn returns a client through the gateway whose connection is served by the member
 // with ID id.
-func clientOn(t *testing.T, addr string, id uint64) *clientv3.Client {
+func clientOn(t *testing.T, addr string, cfg *tls.Config, id uint64) *clientv3.Client {
 	t.Helper()
 	for range 50 {
-		c, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: 3 * time.Second, TLS: cfg, Logger: zap.NewNop()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,7 +109,7 @@ func TestFrozenMember(t *testing.T) {
 	gw := startGateway(t, members)
 	victim := members[(leader(t, members)+1)%3] // a follower, so the cluster keeps its leader
 	victimID := memberID(t, &cluster{}, victim)
-	stuck := clientOn(t, gw.addr, victimID)
+	stuck := clientOn(t, gw.addr, nil, victimID)
 
 	l := startLoad(gw.addr)
 	time.Sleep(time.Second)

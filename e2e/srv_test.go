@@ -143,7 +143,7 @@ func TestSRVDiscoveryTLSMembers(t *testing.T) {
 		t.Fatalf("connections reached %v; want the two verified members only (rogue %x)", seen, rogueID)
 	}
 	out := gw.proc.out.String()
-	if !strings.Contains(out, "member left out: its TLS certificate does not verify") || !strings.Contains(out, "m2.example.com") {
+	if !strings.Contains(out, "member left out: it did not prove it holds a TLS certificate that verifies") || !strings.Contains(out, "m2.example.com") {
 		t.Errorf("no log line says why m2 was left out:\n%s", out)
 	}
 }

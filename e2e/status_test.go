@@ -113,8 +113,10 @@ type statusDoc struct {
 		Target     string `json:"srv_target"`
 		Priority   *int   `json:"srv_priority"`
 		Weight     *int   `json:"srv_weight"`
+		Scheme     string `json:"scheme"`
 		State      string `json:"state"`
 		Reason     string `json:"reason"`
+		Note       string `json:"note"`
 		InRotation bool   `json:"in_rotation"`
 		LastProbe  *struct {
 			At     time.Time `json:"at"`
