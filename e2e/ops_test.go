@@ -117,26 +117,29 @@ func TestUnixSocketListener(t *testing.T) {
 	}
 }
 
+// runCheck runs etcd-gateway check with args and returns its output and exit status.
+func runCheck(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	out, err := exec.Command(gatewayBin, append([]string{"check"}, args...)...).CombinedOutput()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "DATA RACE") {
+		t.Fatalf("data race in check:\n%s", out)
+	}
+	if exit != nil {
+		return string(out), exit.ExitCode()
+	}
+	return string(out), 0
+}
+
 // check exits 0 with a table when an endpoint is healthy, 1 when none is, 2 on bad input.
 func TestCheckCommand(t *testing.T) {
 	t.Parallel()
 	members := startCluster(t, 3)
 	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	run := func(args ...string) (string, int) {
-		t.Helper()
-		out, err := exec.Command(gatewayBin, append([]string{"check"}, args...)...).CombinedOutput()
-		var exit *exec.ExitError
-		if err != nil && !errors.As(err, &exit) {
-			t.Fatal(err)
-		}
-		if strings.Contains(string(out), "DATA RACE") {
-			t.Fatalf("data race in check:\n%s", out)
-		}
-		if exit != nil {
-			return string(out), exit.ExitCode()
-		}
-		return string(out), 0
-	}
+	run := func(args ...string) (string, int) { return runCheck(t, args...) }
 	out, code := run("--endpoints=" + endpointsOf(members) + "," + dead)
 	if code != 0 {
 		t.Fatalf("check of a healthy cluster exited %d:\n%s", code, out)
@@ -148,6 +151,9 @@ func TestCheckCommand(t *testing.T) {
 	}
 	if !strings.Contains(out, "3 of 4 endpoints healthy") || !strings.Contains(out, dead) || !strings.Contains(out, "down") {
 		t.Errorf("check output does not show the dead endpoint as down:\n%s", out)
+	}
+	if n := strings.Count(out, " http "); n != 3 {
+		t.Errorf("check output shows %d members as http, want the 3 plain ones:\n%s", n, out)
 	}
 	if out, code := run("--endpoints=" + dead); code != 1 || !strings.Contains(out, "0 of 1 endpoints healthy") {
 		t.Errorf("check with no healthy endpoint exited %d, want 1:\n%s", code, out)

@@ -326,6 +326,11 @@ func TestTLSMembersRequiringClientCertificates(t *testing.T) {
 		t.Errorf("the gateway without a client certificate said %d times that members are alive by key; want once per member", n)
 	}
 
+	out, code := runCheck(t, eps, "--log-level=error")
+	if code != 0 || strings.Count(out, " https ") != 3 || strings.Count(out, "alive by its TLS key only") != 3 {
+		t.Errorf("check without a client certificate exited %d; want the 3 members https and alive by key:\n%s", code, out)
+	}
+
 	realID := memberID(t, c.cluster, c.members[0])
 	seen := membersThroughGateway(t, srv.addr, c.clientTLS, 20)
 	if seen[realID] != 20 {

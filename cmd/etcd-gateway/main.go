@@ -224,7 +224,7 @@ func check(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ENDPOINT\tSOURCE\tSCHEME\tSTATE\tTOOK\tREASON")
+	fmt.Fprintln(tw, "ENDPOINT\tSOURCE\tSCHEME\tSTATE\tTOOK\tREASON/NOTE")
 	healthy := 0
 	for _, r := range results {
 		if r.State == health.Healthy {
