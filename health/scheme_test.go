@@ -119,7 +119,7 @@ func TestSchemeIsFoundWithoutPlaintextToATLSMember(t *testing.T) {
 }
 
 // A member that comes back on its address speaking TLS is found out again, at the cost of the
-// one probe's plaintext requests (/readyz and /livez).
+// one probe's plaintext requests (/readyz and /livez); and plain again when it turns back.
 func TestSchemeChangeIsFoundAgain(t *testing.T) {
 	ca := testcert.NewCA(t, "cluster CA")
 	plain, addr := serveMember(t, "127.0.0.1:0", readyzOK, nil)
@@ -138,6 +138,12 @@ func TestSchemeChangeIsFoundAgain(t *testing.T) {
 	}
 	if w := secure.warnings(); len(w) > 2 {
 		t.Errorf("the member logged %d failed handshakes, want at most the two of the probe that found the change: %q", len(w), w)
+	}
+
+	secure.stop()
+	serveMember(t, addr, readyzOK, nil)
+	if got, reason := c.check(context.Background()); got != Healthy || c.scheme != resolver.SchemePlain {
+		t.Fatalf("after the member turned plain again: %s %q, scheme %s", got, reason, c.scheme)
 	}
 }
 
@@ -220,5 +226,40 @@ func TestTLSHeartbeatsKeepOneConnection(t *testing.T) {
 	}
 	if n := m.accepted.Load(); n != 1 {
 		t.Errorf("20 heartbeats made %d connections, want 1 kept-alive TLS connection", n)
+	}
+}
+
+// The Manager keeps each member's scheme and note with its last probe, for /status, and logs
+// each once however many probes find them again.
+func TestManagerRecordsSchemeAndNoteOnce(t *testing.T) {
+	ca := testcert.NewCA(t, "cluster CA")
+	_, addr := serveMember(t, "127.0.0.1:0", readyzOK, &tls.Config{
+		Certificates: []tls.Certificate{ca.Issue(t, []string{"example.com"}, nil)},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    ca.Pool(),
+	})
+	ep := listed(t, addr)
+	f := newManagerFixtureProbing(ProbeConfig{Mode: CheckReadyz, Interval: 20 * time.Millisecond, Timeout: time.Second,
+		RetryDelay: time.Second, Rise: 1, Fall: 1})
+	f.run(t)
+	f.updates.Publish([]resolver.Endpoint{ep})
+	f.waitAvailable(t, ep)
+	var probes int
+	for probes < 5 {
+		<-f.table.Probed()
+		p, ok := f.table.LastProbe(ep)
+		if !ok || p.Scheme != resolver.SchemeTLS || p.Note != NoteAliveByKey {
+			t.Fatalf("last probe = %+v, want https, alive by key", p)
+		}
+		probes++
+	}
+	if n := f.logs.FilterMessage("member scheme found").Len(); n != 1 {
+		t.Errorf("the scheme was logged %d times over %d probes, want once", n, probes)
+	}
+	if n := f.logs.FilterMessage("probe note").Len(); n != 1 {
+		t.Errorf("the note was logged %d times over %d probes, want once", n, probes)
+	}
+	if n := f.logs.FilterMessageSnippet("without verifying their certificates").Len(); n != 1 {
+		t.Errorf("the unverified listed members were logged %d times, want once", n)
 	}
 }
