@@ -304,7 +304,7 @@ func (s *srvFlags) register(fs *flag.FlagSet) {
 	s.minRefresh, s.maxRefresh = time.Second, 5*time.Minute
 	fs.StringVar(&s.domain, "discovery-srv", "", "domain whose SRV records (_etcd-client-ssl._tcp and _etcd-client._tcp) list the members; re-read as their TTL says")
 	fs.StringVar(&s.name, "discovery-srv-name", "", "suffix of the SRV names: _etcd-client-ssl-NAME._tcp and _etcd-client-NAME._tcp")
-	fs.BoolVar(&s.insecure, "insecure-discovery", false, "use members from _etcd-client-ssl records without verifying their TLS certificate")
+	fs.BoolVar(&s.insecure, "insecure-discovery", false, "use members from _etcd-client-ssl records, and probe them, without verifying their TLS certificate")
 	fs.StringVar(&s.dnsServer, "dns-server", "", "DNS server (host:port) for SRV discovery (default: those in /etc/resolv.conf)")
 	fs.Var(durationFlag{&s.minRefresh}, "discovery-srv-min-refresh", "shortest wait between SRV lookups, whatever the TTL")
 	fs.Var(durationFlag{&s.maxRefresh}, "discovery-srv-max-refresh", "longest wait between SRV lookups, whatever the TTL; also the longest backoff after failures")
