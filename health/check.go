@@ -291,13 +291,13 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 	liveness := make(chan probeAnswer, 1)
 	go func() { liveness <- c.get(ctx, live) }()
 	ready := c.get(ctx, path)
-	if ready.err != nil {
-		cancel()
+	var hs *handshakeError
+	if ready.err != nil && !errors.As(ready.err, &hs) {
+		cancel() // refused or timed out: the liveness request says nothing more; a handshake's end comes soon
 	}
 	alive := <-liveness
 
 	if err := ready.err; err != nil {
-		var hs *handshakeError
 		switch {
 		case LocalShortage(err):
 			return noVerdict, err.Error(), answered

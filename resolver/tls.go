@@ -53,7 +53,8 @@ type MemberTLS struct {
 // Handshake is the outcome of a TLS handshake attempt with a member.
 type Handshake struct {
 	// Conn is the TLS connection when the handshake completed and the member is trusted; the
-	// caller owns it. nil otherwise, and the raw connection has been closed.
+	// caller owns it. nil otherwise, and the raw connection is closed once what the member sent
+	// was read.
 	Conn *tls.Conn
 	// Scheme is what the member's answer showed: SchemeTLS once it sent its certificate or a
 	// TLS alert, SchemePlain when it closed the connection without a byte or answered
@@ -114,6 +115,7 @@ var alpnWithNewline = "etcd-gateway\n"
 // at most a clean EOF, which etcd logs at DEBUG.
 func HandshakeMember(ctx context.Context, raw net.Conn, cfg MemberTLS) Handshake {
 	conn := &quietConn{Conn: raw}
+	conn.handshaking.Store(true)
 	var h Handshake
 	var chainSeen, certAsked bool
 	tc := tls.Client(conn, &tls.Config{
@@ -144,6 +146,7 @@ func HandshakeMember(ctx context.Context, raw net.Conn, cfg MemberTLS) Handshake
 		},
 	})
 	err := tc.HandshakeContext(ctx)
+	conn.handshaking.Store(false)
 	h.KeyProven = chainSeen && (err == nil || certAsked)
 	switch {
 	case err == nil && h.Untrusted == nil:
@@ -160,10 +163,14 @@ func HandshakeMember(ctx context.Context, raw net.Conn, cfg MemberTLS) Handshake
 			h.Err = fmt.Errorf("TLS handshake: %w", err)
 		}
 	}
-	if !certAsked {
-		conn.drain()
+	if certAsked {
+		raw.Close() // everything the member sent was read
+		return h
 	}
-	raw.Close()
+	go func() { // in the background, so that the verdict does not wait for the member
+		conn.drain()
+		raw.Close()
+	}()
 	return h
 }
 
@@ -211,11 +218,22 @@ func judgeChain(chain []*x509.Certificate, roots *x509.CertPool, names []string,
 }
 
 // quietConn is the raw connection under a handshake. Once muted it writes nothing, so that a
-// handshake the gateway ends sends the member no alert; it counts the bytes it read.
+// handshake the gateway ends sends the member no alert; it counts the bytes it read. While the
+// handshake runs, Close only interrupts it: crypto/tls closes the connection when the context
+// ends, and data of the member's that arrived unread would turn that close into a reset, which
+// etcd logs at WARN. HandshakeMember reads what the member sent, then closes.
 type quietConn struct {
 	net.Conn
-	muted    atomic.Bool
-	received atomic.Int64
+	muted       atomic.Bool
+	handshaking atomic.Bool
+	received    atomic.Int64
+}
+
+func (c *quietConn) Close() error {
+	if c.handshaking.Load() {
+		return c.Conn.SetDeadline(time.Now())
+	}
+	return c.Conn.Close()
 }
 
 func (c *quietConn) mute() { c.muted.Store(true) }
@@ -233,9 +251,9 @@ func (c *quietConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// drainWindow bounds how long a failed handshake reads what the member already sent, so that
-// closing sends a FIN rather than a reset.
-const drainWindow = 20 * time.Millisecond
+// drainWindow bounds how long, after a failed handshake, the gateway reads what the member
+// sent, so that closing sends a FIN rather than a reset.
+const drainWindow = 50 * time.Millisecond
 
 // drain reads whatever the member already sent.
 func (c *quietConn) drain() {
