@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net"
 	"os/exec"
 	"strings"
 	"sync"
@@ -221,4 +222,31 @@ func oneRequestTimeout(addr, key string, timeout time.Duration) error {
 	defer cancel()
 	_, err = c.Get(ctx, key)
 	return err
+}
+
+// The examples of etcd's gateway page work as written: members listed without a port mean
+// port 2379, --endpoints given twice adds up, and the log says etcd's own "ready to proxy
+// client requests" once the endpoints are known.
+func TestEndpointsAsEtcdsPageWritesThem(t *testing.T) {
+	t.Parallel()
+	const etcdPort = "127.0.0.1:2379"
+	if ln, err := net.Listen("tcp", etcdPort); err != nil {
+		t.Fatalf("this test runs a member on etcd's client port, %s, which is taken on this host: %v; free it and run again", etcdPort, err)
+	} else {
+		ln.Close()
+	}
+	c := launchCluster(t, 3, &cluster{scheme: "http", flags: func(string) []string { return nil }, clientAddrs: map[string]string{"m0": etcdPort}})
+	gw := startGatewayArgs(t, "--endpoints=127.0.0.1", "--endpoints="+c.members[1].client+","+c.members[2].client)
+	if !waitLog(gw, "ready to proxy client requests", defaultTestTimeout) {
+		t.Fatalf("no ready line:\n%s", gw.proc.out)
+	}
+	if n := strings.Count(gw.proc.out.String(), "ready to proxy client requests"); n != 1 {
+		t.Errorf("%d ready lines, want 1", n)
+	}
+	if !strings.Contains(gw.proc.out.String(), "endpoint given without a port") {
+		t.Errorf("no line says which endpoint got port 2379:\n%s", gw.proc.out)
+	}
+	if seen := membersThroughGateway(t, gw.addr, nil, 30); len(seen) != 3 {
+		t.Errorf("30 connections reached %d members, want all 3 of both --endpoints: %v", len(seen), seen)
+	}
 }

@@ -120,7 +120,10 @@ type cluster struct {
 	scheme    string                     // of the client URLs: http or https
 	flags     func(name string) []string // extra flags per member (TLS files)
 	clientTLS *tls.Config                // for the harness's own clients; nil for http
-	members   []*member
+	// clientAddrs gives members a client address of the test's choosing; the others get a
+	// free port.
+	clientAddrs map[string]string
+	members     []*member
 }
 
 // startCluster starts n plain members on loopback with data on tmpfs and waits until the
@@ -151,6 +154,9 @@ func launchCluster(t *testing.T, n int, c *cluster) *cluster {
 func (c *cluster) run(t *testing.T, m *member, initialCluster, state string) {
 	t.Helper()
 	m.client = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	if addr, ok := c.clientAddrs[m.name]; ok {
+		m.client = addr
+	}
 	url := c.scheme + "://" + m.client
 	args := append([]string{
 		"--name", m.name, "--data-dir", filepath.Join(c.dir, m.name),

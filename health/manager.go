@@ -33,6 +33,8 @@ type Manager struct {
 	gen        uint64 // generation of the last prober started, across restarts
 	// unverifiedLogged: the line that listed TLS members go unverified was logged.
 	unverifiedLogged bool
+	readyLogged      bool // the first endpoint set was logged as etcd's gateway does
+
 	// wrapProber wraps every prober the Manager starts: the identity, but tests inject faults.
 	wrapProber func(suture.Service) suture.Service
 }
@@ -184,6 +186,11 @@ func (r *run) follow(set []resolver.Endpoint) {
 	r.set = slices.Clone(set)
 	r.m.log.Info("endpoint set changed", zap.Stringers("endpoints", set))
 	r.publish()
+	if !r.m.readyLogged && len(set) > 0 {
+		r.m.readyLogged = true
+		// etcd's gateway logs this line; its e2e tests and users' scripts wait for it.
+		r.m.log.Info("ready to proxy client requests", zap.Stringers("endpoints", set))
+	}
 }
 
 // startProber starts a prober of a new generation for mb.

@@ -2,9 +2,11 @@ package health
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -239,5 +241,27 @@ func TestReprobesAreBounded(t *testing.T) {
 	}
 	if got := f.table.Load().Available(); !slices.Equal(got, []resolver.Endpoint{ep}) {
 		t.Fatalf("available = %v, want the degraded member", got)
+	}
+}
+
+// Once the first endpoint set is known the Manager logs etcd's gateway's own line, once.
+func TestManagerLogsReadyToProxyOnce(t *testing.T) {
+	f := newManagerFixture(time.Second)
+	f.run(t)
+	a, b := endpointOf(t, testnet.ClosedPort(t)), endpointOf(t, testnet.ClosedPort(t))
+	f.updates.Publish([]resolver.Endpoint{a})
+	if !testnet.Eventually(defaultTestTimeout, func() bool { return len(f.table.Load().Known()) == 1 }) {
+		t.Fatal("the first set was never applied")
+	}
+	f.updates.Publish(resolver.Normalize([]resolver.Endpoint{a, b}))
+	if !testnet.Eventually(defaultTestTimeout, func() bool { return len(f.table.Load().Known()) == 2 }) {
+		t.Fatal("the second set was never applied")
+	}
+	ready := f.logs.FilterMessage("ready to proxy client requests")
+	if ready.Len() != 1 {
+		t.Fatalf("%d ready lines, want 1", ready.Len())
+	}
+	if got := fmt.Sprint(ready.All()[0].ContextMap()["endpoints"]); !strings.Contains(got, a.String()) {
+		t.Errorf("the ready line lists %s, want the first set", got)
 	}
 }

@@ -46,10 +46,32 @@ func (e Endpoint) HostPort() HostPort { return HostPort{Host: e.Host, Port: e.Po
 // String returns "host:port", with IPv6 literals in brackets.
 func (h HostPort) String() string { return net.JoinHostPort(h.Host, strconv.Itoa(int(h.Port))) }
 
+// DefaultClientPort is etcd's client port, used for an endpoint given without a port.
+const DefaultClientPort = 2379
+
 // ParseEndpoint parses one `--endpoints` entry: host:port, an IPv6 literal in brackets, or an
-// http:// URL (the scheme is stripped, as etcd's gateway does). https:// is refused: the
-// gateway forwards bytes and never terminates TLS.
+// http:// URL (the scheme is stripped, as etcd's gateway does). A host without a port means
+// etcd's client port, 2379, as in the examples of etcd's gateway page. https:// is refused:
+// the gateway forwards bytes and never terminates TLS.
 func ParseEndpoint(s string) (Endpoint, error) {
+	ep, _, err := parseEndpoint(s)
+	return ep, err
+}
+
+// PortsDefaulted returns the entries of a comma-separated `--endpoints` list given without a
+// port, as parsed with port 2379; the gateway logs them.
+func PortsDefaulted(list string) []Endpoint {
+	var out []Endpoint
+	for _, part := range strings.Split(list, ",") {
+		if ep, defaulted, err := parseEndpoint(part); err == nil && defaulted {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// parseEndpoint parses one entry and reports whether its port was defaulted.
+func parseEndpoint(s string) (Endpoint, bool, error) {
 	raw := strings.TrimSpace(s)
 	hostport := raw
 	if scheme, rest, ok := strings.Cut(raw, "://"); ok {
@@ -57,33 +79,40 @@ func ParseEndpoint(s string) (Endpoint, error) {
 		case "http":
 			hostport = rest
 		case "https":
-			return Endpoint{}, fmt.Errorf("endpoint %q: the gateway forwards TCP and does not terminate TLS; give host:port (%q) and let clients use TLS to the member end to end", raw, strings.TrimSuffix(rest, "/"))
+			return Endpoint{}, false, fmt.Errorf("endpoint %q: the gateway forwards TCP and does not terminate TLS; give host:port (%q) and let clients use TLS to the member end to end", raw, strings.TrimSuffix(rest, "/"))
 		default:
-			return Endpoint{}, fmt.Errorf("endpoint %q: unknown scheme %q; give host:port", raw, scheme)
+			return Endpoint{}, false, fmt.Errorf("endpoint %q: unknown scheme %q; give host:port", raw, scheme)
 		}
 	}
 	hostport = strings.TrimSuffix(hostport, "/")
 	if hostport == "" {
-		return Endpoint{}, errors.New("empty endpoint; give host:port, e.g. 127.0.0.1:2379")
+		return Endpoint{}, false, errors.New("empty endpoint; give host:port, e.g. 127.0.0.1:2379")
 	}
 	if strings.ContainsAny(hostport, "/?#@") {
-		return Endpoint{}, fmt.Errorf("endpoint %q: give host:port without a path, e.g. 127.0.0.1:2379", raw)
+		return Endpoint{}, false, fmt.Errorf("endpoint %q: give host:port without a path, e.g. 127.0.0.1:2379", raw)
 	}
+	defaulted := false
 	host, portText, err := net.SplitHostPort(hostport)
 	if err != nil {
-		return Endpoint{}, fmt.Errorf("endpoint %q has no port; give host:port, e.g. %q", raw, net.JoinHostPort(strings.Trim(hostport, "[]"), "2379"))
+		// No port: a host name, an IPv4 address, an IPv6 literal with or without brackets.
+		bare := strings.TrimSuffix(strings.TrimPrefix(hostport, "["), "]")
+		unbalanced := strings.HasPrefix(hostport, "[") != strings.HasSuffix(hostport, "]")
+		if unbalanced || strings.Contains(bare, ":") && net.ParseIP(bare) == nil || strings.ContainsAny(bare, "[]") {
+			return Endpoint{}, false, fmt.Errorf("endpoint %q: give host:port, e.g. 127.0.0.1:2379 or [::1]:2379", raw)
+		}
+		host, portText, defaulted = bare, strconv.Itoa(DefaultClientPort), true
 	}
 	if strings.TrimSpace(host) == "" {
-		return Endpoint{}, fmt.Errorf("endpoint %q has no host; give host:port, e.g. %q", raw, net.JoinHostPort("127.0.0.1", portText))
+		return Endpoint{}, false, fmt.Errorf("endpoint %q has no host; give host:port, e.g. %q", raw, net.JoinHostPort("127.0.0.1", portText))
 	}
 	if strings.IndexFunc(host, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
-		return Endpoint{}, fmt.Errorf("endpoint %q: host %q contains a space or a control character; give host:port", raw, host)
+		return Endpoint{}, false, fmt.Errorf("endpoint %q: host %q contains a space or a control character; give host:port", raw, host)
 	}
 	port, err := strconv.ParseUint(portText, 10, 16)
 	if err != nil || port == 0 {
-		return Endpoint{}, fmt.Errorf("endpoint %q: port %q is not a number from 1 to 65535", raw, portText)
+		return Endpoint{}, false, fmt.Errorf("endpoint %q: port %q is not a number from 1 to 65535", raw, portText)
 	}
-	return Endpoint{Host: host, Port: uint16(port)}, nil
+	return Endpoint{Host: host, Port: uint16(port)}, defaulted, nil
 }
 
 // ParseEndpoints parses a comma-separated `--endpoints` list. The result is sorted and free of

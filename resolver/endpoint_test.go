@@ -19,8 +19,13 @@ func TestParseEndpoint(t *testing.T) {
 		{give: "HTTP://10.0.1.10:2379/", want: Endpoint{Host: "10.0.1.10", Port: 2379}},
 		{give: "https://10.0.1.10:2379", wantErr: "does not terminate TLS"},
 		{give: "unix:///tmp/x", wantErr: "unknown scheme"},
-		{give: "10.0.1.10", wantErr: "has no port"},
-		{give: "::1", wantErr: "has no port"},
+		{give: "10.0.1.10", want: Endpoint{Host: "10.0.1.10", Port: 2379}},
+		{give: "infra0.example.com", want: Endpoint{Host: "infra0.example.com", Port: 2379}},
+		{give: "http://infra0.example.com/", want: Endpoint{Host: "infra0.example.com", Port: 2379}},
+		{give: "::1", want: Endpoint{Host: "::1", Port: 2379}},
+		{give: "[::1]", want: Endpoint{Host: "::1", Port: 2379}},
+		{give: "fe80::1:2379x", wantErr: "give host:port"},
+		{give: "[::1", wantErr: "give host:port"},
 		{give: ":2379", wantErr: "has no host"},
 		{give: "[ ]:1", wantErr: "has no host"},
 		{give: "[\t]:1", wantErr: "has no host"},
@@ -48,6 +53,14 @@ func TestParseEndpoint(t *testing.T) {
 				t.Fatalf("ParseEndpoint(%q) = %+v, %v; want %+v", tt.give, got, err, tt.want)
 			}
 		})
+	}
+}
+
+func TestPortsDefaulted(t *testing.T) {
+	got := PortsDefaulted("infra0.example.com,10.0.1.11:2380,[::1], bad:port:x")
+	want := []Endpoint{{Host: "infra0.example.com", Port: 2379}, {Host: "::1", Port: 2379}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("PortsDefaulted = %v, want %v", got, want)
 	}
 }
 

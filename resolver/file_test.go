@@ -30,7 +30,7 @@ func TestParseEndpointsFile(t *testing.T) {
 	for text, wantErr := range map[string]string{
 		"":                           "no endpoint",
 		"# only a comment\n":         "no endpoint",
-		"10.0.0.1:2379\nno-port\n":   "line 2",
+		"10.0.0.1:2379\nbad:port\n":  "line 2",
 		"https://10.0.0.1:2379\n":    "line 1",
 		"10.0.0.1:2379,10.0.0.2:1\n": "line 1",
 	} {
@@ -139,7 +139,7 @@ func TestFileFollowsChangesWithoutSignal(t *testing.T) {
 func TestFileRefusesBadContentAndKeepsTheSet(t *testing.T) {
 	f := startFile(t, "127.0.0.1:2379\n")
 	f.waitSet("127.0.0.1:2379")
-	for _, bad := range []string{"127.0.0.1:2379\nno-port-here\n", "# emptied by mistake\n", "127.0.0.1:23790\n"} {
+	for _, bad := range []string{"127.0.0.1:2379\nbad:port:here\n", "# emptied by mistake\n", "127.0.0.1:23790\n"} {
 		before := f.refusals()
 		f.write(bad)
 		deadline := time.Now().Add(5 * time.Second)

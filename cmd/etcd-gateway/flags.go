@@ -25,9 +25,10 @@ const etcdZeroRetryDelay = 5 * time.Minute
 
 // options are the parsed flags of `etcd-gateway start`.
 type options struct {
-	cfg       supervisor.Config
-	logLevel  zapcore.Level
-	logFormat string // "json" or "console" once parsed
+	cfg           supervisor.Config
+	logLevel      zapcore.Level
+	logFormat     string              // "json" or "console" once parsed
+	portDefaulted []resolver.Endpoint // --endpoints entries given without a port: port 2379
 }
 
 // usageError is bad input: exit status 2, one line on stderr.
@@ -78,6 +79,29 @@ func (f modeFlag) Set(s string) error {
 		return fmt.Errorf("%q is not file permissions; write them in octal, such as 0660", s)
 	}
 	*f.m = os.FileMode(n)
+	return nil
+}
+
+// endpointsFlag is --endpoints: a comma-separated list, and given several times the lists add
+// up, as etcd's string-slice flags do. The first one given replaces the default.
+type endpointsFlag struct {
+	list *string
+	set  bool
+}
+
+func (f *endpointsFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	return *f.list
+}
+
+func (f *endpointsFlag) Set(s string) error {
+	if f.set {
+		*f.list += "," + s
+		return nil
+	}
+	*f.list, f.set = s, true
 	return nil
 }
 
@@ -150,10 +174,10 @@ func parseCommand(command string, args []string, getenv func(string) (string, bo
 		logLevel:  zapcore.InfoLevel,
 		logFormat: "auto",
 	}
-	var endpoints string
+	endpoints := "127.0.0.1:2379"
 	fs := flag.NewFlagSet("etcd-gateway "+command, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&endpoints, "endpoints", "127.0.0.1:2379", "comma-separated etcd client addresses (host:port) to forward to")
+	fs.Var(&endpointsFlag{list: &endpoints}, "endpoints", "comma-separated etcd client addresses (host:port; a host alone means port 2379) to forward to; given several times, the lists add up")
 	fs.StringVar(&opts.cfg.EndpointsFile, "endpoints-file", "", "file listing the etcd client addresses, one host:port per line ('#' starts a comment); read again on SIGHUP and when it changes; instead of --endpoints")
 	fs.StringVar(&opts.cfg.ListenAddr, "listen-addr", "127.0.0.1:23790", "address to accept clients on: host:port, or unix:///PATH for a Unix socket")
 	fs.Var(modeFlag{&opts.cfg.SocketMode}, "listen-socket-mode", "permissions of the Unix socket of --listen-addr=unix:///PATH, in octal")
@@ -221,6 +245,7 @@ func parseCommand(command string, args []string, getenv func(string) (string, bo
 			return options{}, usagef("--endpoints: %v", err)
 		}
 		opts.cfg.Endpoints = eps
+		opts.portDefaulted = resolver.PortsDefaulted(endpoints)
 	}
 	if opts.logFormat == "auto" {
 		opts.logFormat = "json"

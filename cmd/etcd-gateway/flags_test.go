@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,7 +81,7 @@ func TestParseStartFlagsAndEnvironment(t *testing.T) {
 
 func TestParseStartRefusesBadInput(t *testing.T) {
 	badFile := filepath.Join(t.TempDir(), "endpoints")
-	if err := os.WriteFile(badFile, []byte("# a member without its port\n10.0.1.10\n"), 0o644); err != nil {
+	if err := os.WriteFile(badFile, []byte("# a member with a bad port\n10.0.1.10:x\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -90,7 +91,7 @@ func TestParseStartRefusesBadInput(t *testing.T) {
 		wantErr string
 	}{
 		{"https endpoint", []string{"--endpoints=https://10.0.1.10:2379"}, nil, "does not terminate TLS"},
-		{"endpoint without port", []string{"--endpoints=10.0.1.10"}, nil, "has no port"},
+		{"endpoint with a bad port", []string{"--endpoints=10.0.1.10:x"}, nil, "not a number"},
 		{"empty endpoint list", []string{"--endpoints="}, nil, "no endpoints given"},
 		{"duration without unit", []string{"--retry-delay=123"}, nil, "with a unit"},
 		{"negative duration", []string{"--dial-timeout=-1s"}, nil, "negative"},
@@ -231,5 +232,25 @@ func TestTrustedCAFileWithListedEndpoints(t *testing.T) {
 		if d := opts.cfg.Discovery; d != nil && d.CAFile != "/etc/etcd/ca.pem" {
 			t.Errorf("parse %q: discovery verifies against %q", args, d.CAFile)
 		}
+	}
+}
+
+// The page of etcd's gateway lists members without ports; repeated --endpoints add up.
+func TestEndpointsAsEtcdsPageWritesThem(t *testing.T) {
+	opts, err := parseCommand("start", []string{"--endpoints=infra0.example.com,infra1.example.com", "--endpoints=infra2.example.com:2380"},
+		noEnv, false, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []resolver.Endpoint{{Host: "infra0.example.com", Port: 2379}, {Host: "infra1.example.com", Port: 2379}, {Host: "infra2.example.com", Port: 2380}}
+	if !slices.Equal(opts.cfg.Endpoints, want) {
+		t.Errorf("endpoints = %v, want %v", opts.cfg.Endpoints, want)
+	}
+	if len(opts.portDefaulted) != 2 {
+		t.Errorf("endpoints given without a port = %v, want the two of infra0 and infra1", opts.portDefaulted)
+	}
+	fromEnv, err := parseCommand("start", nil, envOf(map[string]string{"ETCD_GATEWAY_ENDPOINTS": "10.0.1.10"}), false, &bytes.Buffer{})
+	if err != nil || !slices.Equal(fromEnv.cfg.Endpoints, []resolver.Endpoint{{Host: "10.0.1.10", Port: 2379}}) {
+		t.Errorf("from the environment: %v, %v; want the default replaced", fromEnv.cfg.Endpoints, err)
 	}
 }

@@ -206,6 +206,9 @@ func setUp(ctx context.Context, command string, args []string, stdout, stderr io
 		fmt.Fprintf(stderr, "etcd-gateway: build logger: %v\n", err)
 		return opts, nil, exitFailure
 	}
+	for _, ep := range opts.portDefaulted {
+		log.Info("endpoint given without a port; using etcd's client port", zap.Stringer("endpoint", ep))
+	}
 	return opts, log, exitOK
 }
 

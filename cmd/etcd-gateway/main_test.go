@@ -127,7 +127,7 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		args []string
 	}{
 		{"https endpoint", []string{"start", "--endpoints=https://127.0.0.1:2379"}},
-		{"endpoint without port", []string{"start", "--endpoints=127.0.0.1"}},
+		{"endpoint with a bad port", []string{"start", "--endpoints=127.0.0.1:x"}},
 		{"empty endpoint list", []string{"start", "--endpoints=,"}},
 		{"duration without unit", []string{"start", "--retry-delay=123"}},
 		{"negative duration", []string{"start", "--retry-delay=-1m"}},
