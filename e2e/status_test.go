@@ -18,8 +18,14 @@ import (
 // startGatewayWithStatus is startGatewayArgs with a --metrics-addr, and a client of it.
 func startGatewayWithStatus(t *testing.T, args ...string) (*gateway, statusClient) {
 	t.Helper()
+	return startGatewayOnWithStatus(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), args...)
+}
+
+// startGatewayOnWithStatus is startGatewayWithStatus listening on addr.
+func startGatewayOnWithStatus(t *testing.T, addr string, args ...string) (*gateway, statusClient) {
+	t.Helper()
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	gw := startGatewayArgs(t, append(args, "--metrics-addr="+metricsAddr)...)
+	gw := startGatewayOn(t, addr, append(args, "--metrics-addr="+metricsAddr)...)
 	// The listen address is bound before the metrics address: wait for both.
 	if !eventually(defaultTestTimeout, func() bool {
 		c, err := net.DialTimeout("tcp", metricsAddr, 100*time.Millisecond)
@@ -110,6 +116,8 @@ type statusDoc struct {
 	Endpoints []struct {
 		Endpoint   string `json:"endpoint"`
 		Source     string `json:"source"`
+		MemberName string `json:"member_name"`
+		MemberID   string `json:"member_id"`
 		Target     string `json:"srv_target"`
 		Priority   *int   `json:"srv_priority"`
 		Weight     *int   `json:"srv_weight"`

@@ -186,25 +186,7 @@ func TestTLSMembersListedWithEndpoints(t *testing.T) {
 // tlsLearner adds a learner to c and checks a gateway that lists it keeps it out of rotation
 // as a learner, as it does a plain one.
 func tlsLearner(t *testing.T, c *tlsCluster) {
-	admin := newTLSClient(t, c.clientTLS, c.members[0].client)
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
-	learner := &member{name: "learner", peer: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
-	var peers []string
-	for _, m := range c.members {
-		peers = append(peers, m.name+"="+m.peer)
-	}
-	for {
-		_, err := admin.MemberAddAsLearner(ctx, []string{learner.peer})
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil || !strings.Contains(err.Error(), "unhealthy cluster") {
-			t.Fatalf("add a learner: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	c.run(t, learner, strings.Join(append(peers, learner.name+"="+learner.peer), ","), "existing")
+	learner := c.add(t, "learner", true)
 	_, sc := startGatewayWithStatus(t, "--endpoints="+learner.client+","+c.members[0].client)
 	if !eventually(defaultTestTimeout, func() bool {
 		for _, ep := range sc.status().Endpoints {

@@ -49,11 +49,11 @@ type TLSConfig struct {
 	InsecureDiscovery bool
 }
 
-// memberTLS returns how to handshake with ep. A member from _etcd-client-ssl must hold a
+// MemberTLS returns how to handshake with ep. A member from _etcd-client-ssl must hold a
 // certificate for the domain or its target; for a listed member a certificate for other names
 // is only reported, since members are often listed by IP while their certificates name DNS
 // names.
-func (c TLSConfig) memberTLS(ep resolver.Endpoint) resolver.MemberTLS {
+func (c TLSConfig) MemberTLS(ep resolver.Endpoint) resolver.MemberTLS {
 	if ep.TLS {
 		return resolver.MemberTLS{Verify: !c.InsecureDiscovery, Roots: c.Roots, Names: []string{c.Domain, ep.Target},
 			StrictNames: true, Certificates: c.Certificates}
@@ -84,7 +84,7 @@ type checker struct {
 
 func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg TLSConfig) *checker {
 	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}, now: time.Now,
-		tls: tlsCfg.memberTLS(ep)}
+		tls: tlsCfg.MemberTLS(ep)}
 	if ep.TLS {
 		c.scheme = resolver.SchemeTLS
 	}

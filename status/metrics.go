@@ -87,6 +87,8 @@ var (
 	healthDesc    = desc("endpoint_health", "1 for the endpoint's current state (healthy, degraded or down), 0 for the others.", "endpoint", "state")
 	lookupsDesc   = desc("srv_lookups_total", "SRV discovery lookups.")
 	lookupFails   = desc("srv_lookup_failures_total", "SRV discovery lookups that failed; the last good endpoint set was kept.")
+	syncsDesc     = desc("member_list_syncs_total", "Reads of the cluster's member list (--endpoints-auto-sync-interval).")
+	syncFailsDesc = desc("member_list_sync_failures_total", "Reads of the member list that failed or were refused; the current endpoint set was kept.")
 	buildDesc     = desc("build_info", "Always 1; the labels say which build runs.", "version", "commit", "goversion")
 	rotationDesc  = desc("rotation", "1 for what new connections go to now, 0 for the others: healthy endpoints, degraded ones "+
 		"(none healthy), last-resort (none healthy or degraded: every endpoint is tried and no connection is evicted), or none (no endpoint known).", "rotation")
@@ -168,6 +170,10 @@ func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- lookupsDesc
 		ch <- lookupFails
 	}
+	if c.src.MemberList != nil {
+		ch <- syncsDesc
+		ch <- syncFailsDesc
+	}
 }
 
 // Collect sends the current values.
@@ -209,5 +215,10 @@ func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		total, failed := c.src.Discovery.Lookups()
 		ch <- prometheus.MustNewConstMetric(lookupsDesc, prometheus.CounterValue, float64(total))
 		ch <- prometheus.MustNewConstMetric(lookupFails, prometheus.CounterValue, float64(failed))
+	}
+	if c.src.MemberList != nil {
+		total, failed := c.src.MemberList.Syncs()
+		ch <- prometheus.MustNewConstMetric(syncsDesc, prometheus.CounterValue, float64(total))
+		ch <- prometheus.MustNewConstMetric(syncFailsDesc, prometheus.CounterValue, float64(failed))
 	}
 }

@@ -38,6 +38,11 @@ type Sources struct {
 	// StaticSource names where endpoints not found through SRV come from: "endpoints" or
 	// "endpoints-file".
 	StaticSource string
+	// MemberList follows the cluster's member list; nil without --endpoints-auto-sync-interval.
+	MemberList interface {
+		Syncs() (total, failed uint64)
+		Member(resolver.HostPort) (resolver.Member, bool)
+	}
 }
 
 // Server is the status HTTP server, a suture service. Its socket is bound by Listen before the
@@ -178,11 +183,15 @@ type Report struct {
 
 // EndpointReport is one endpoint in the /status document.
 type EndpointReport struct {
-	Endpoint string  `json:"endpoint"`
-	Source   string  `json:"source"` // "srv", "endpoints" or "endpoints-file"
-	Target   string  `json:"srv_target,omitempty"`
-	Priority *uint16 `json:"srv_priority,omitempty"` // only for SRV members
-	Weight   *uint16 `json:"srv_weight,omitempty"`
+	Endpoint string `json:"endpoint"`
+	Source   string `json:"source"` // "srv", "endpoints", "endpoints-file" or "member-list"
+	// MemberName and MemberID (hexadecimal, as etcdctl prints it) name the member of an
+	// endpoint from the member list.
+	MemberName string  `json:"member_name,omitempty"`
+	MemberID   string  `json:"member_id,omitempty"`
+	Target     string  `json:"srv_target,omitempty"`
+	Priority   *uint16 `json:"srv_priority,omitempty"` // only for SRV members
+	Weight     *uint16 `json:"srv_weight,omitempty"`
 	// Scheme is what the member serves clients, as the probes found: "http", "https" or
 	// "unknown".
 	Scheme string `json:"scheme"`
@@ -223,6 +232,11 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 		if ep.Target != "" {
 			er.Source = "srv"
 			er.Priority, er.Weight = &ep.Priority, &ep.Weight
+		}
+		if ml := s.src.MemberList; ml != nil {
+			if mb, ok := ml.Member(ep.HostPort()); ok {
+				er.Source, er.MemberName, er.MemberID = "member-list", mb.Name, fmt.Sprintf("%x", mb.ID)
+			}
 		}
 		er.Scheme = resolver.SchemeUnknown.String()
 		if ep.TLS {

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -22,13 +23,21 @@ type CheckResult struct {
 	Took     time.Duration
 }
 
+// MemberListResult is the member list check reads with --endpoints-auto-sync-interval.
+type MemberListResult struct {
+	From    resolver.Endpoint // the healthy member that gave it
+	Members []resolver.ListedMember
+	Err     error // why no list could be read
+}
+
 // Check resolves the endpoints as the gateway would at start (the list, the endpoints file as
 // read, or one SRV lookup, falling back to an explicit --endpoints when it fails) and probes
-// each once, in parallel, as the health probers do.
-func Check(ctx context.Context, cfg Config, log *zap.Logger) ([]CheckResult, error) {
+// each once, in parallel, as the health probers do. With --endpoints-auto-sync-interval it also
+// reads the member list the gateway would follow, from the first healthy endpoint.
+func Check(ctx context.Context, cfg Config, log *zap.Logger) ([]CheckResult, *MemberListResult, error) {
 	probe, err := cfg.probeConfig()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	eps, source := resolver.Normalize(cfg.Endpoints), "endpoints"
 	if cfg.EndpointsFile != "" {
@@ -37,18 +46,18 @@ func Check(ctx context.Context, cfg Config, log *zap.Logger) ([]CheckResult, err
 	if cfg.Discovery != nil {
 		srv := *cfg.Discovery
 		if srv.Guard, err = resolver.NewLoopGuard(ctx, cfg.ListenAddr); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		refresher, err := resolver.NewRefresher(srv, resolver.NewUpdates(), log)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		found, err := refresher.Discover(ctx)
 		switch {
 		case err == nil:
 			eps, source = found, "srv"
 		case len(eps) == 0:
-			return nil, err
+			return nil, nil, err
 		default:
 			log.Warn("SRV discovery failed; checking --endpoints instead", zap.Error(err))
 		}
@@ -66,5 +75,19 @@ func Check(ctx context.Context, cfg Config, log *zap.Logger) ([]CheckResult, err
 		}()
 	}
 	wg.Wait()
-	return results, nil
+	if cfg.AutoSyncInterval <= 0 {
+		return results, nil, nil
+	}
+	list := &MemberListResult{Err: errors.New("no endpoint is healthy to give the member list")}
+	for _, r := range results {
+		if r.State != health.Healthy {
+			continue
+		}
+		list.From = r.Endpoint
+		list.Members, list.Err = resolver.ListMembers(ctx, r.Endpoint, r.Scheme, probe.TLS.MemberTLS(r.Endpoint), cfg.DialTimeout)
+		if list.Err == nil {
+			break
+		}
+	}
+	return results, list, nil
 }

@@ -33,7 +33,10 @@ type Config struct {
 	// empty) and listed ones (not verified when empty).
 	TrustedCAFile string
 	MetricsAddr   string // host:port of /metrics, /healthz, /readyz and /status; empty for none
-	Health        HealthConfig
+	// AutoSyncInterval is --endpoints-auto-sync-interval: how often the cluster's member list
+	// is read and followed; 0 turns it off, and the endpoints are the starting ones only.
+	AutoSyncInterval time.Duration
+	Health           HealthConfig
 }
 
 // HealthConfig is how members are probed and what happens to a sick member's connections.

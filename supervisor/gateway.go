@@ -80,20 +80,30 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 	reprobe := health.NewReprobe()
 	updates := resolver.NewUpdates()
 	dial := dialer.New(table, reports, reprobe, cfg.DialTimeout, cfg.KeepAlive)
+	// With the member list followed, the starting endpoints are its seeds.
+	seeds := updates
+	var memberList *resolver.MemberList
+	if cfg.AutoSyncInterval > 0 {
+		seeds = resolver.NewUpdates()
+		memberList = resolver.NewMemberList(resolver.MemberListConfig{
+			Interval: cfg.AutoSyncInterval, Timeout: cfg.DialTimeout, Seeds: seeds, Out: updates,
+			Cluster: clusterView{table}, TLS: probe.TLS.MemberTLS, Guard: guard, Log: log,
+		})
+	}
 	var source suture.Service
 	staticSource := "endpoints"
 	switch {
 	case cfg.Discovery != nil:
 		srv := *cfg.Discovery
 		srv.Fallback, srv.Guard = cfg.Endpoints, guard
-		if source, err = resolver.NewRefresher(srv, updates, log); err != nil {
+		if source, err = resolver.NewRefresher(srv, seeds, log); err != nil {
 			return nil, err
 		}
 	case cfg.EndpointsFile != "":
-		source = resolver.NewFile(cfg.EndpointsFile, updates, cfg.Reload, guard, log)
+		source = resolver.NewFile(cfg.EndpointsFile, seeds, cfg.Reload, guard, log)
 		staticSource = "endpoints-file"
 	default:
-		source = resolver.NewStatic(cfg.Endpoints, updates)
+		source = resolver.NewStatic(cfg.Endpoints, seeds)
 	}
 	if cfg.MetricsAddr != "" {
 		if statusLn, err = status.Listen(ctx, cfg.MetricsAddr); err != nil {
@@ -114,6 +124,9 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 	}
 	tree.Add(listenSup)
 	tree.Add(serviceHook(source))
+	if memberList != nil {
+		tree.Add(serviceHook(memberList))
+	}
 	tree.Add(serviceHook(&notifier{table: table, log: log.Named("supervisor")}))
 	var statusTree *suture.Supervisor
 	var statusSrv *status.Server
@@ -121,6 +134,9 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 		src := status.Sources{Table: table, Forwarder: fwd, StaticSource: staticSource}
 		if r, ok := source.(*resolver.Refresher); ok {
 			src.Discovery = r
+		}
+		if memberList != nil {
+			src.MemberList = memberList
 		}
 		statusSrv = status.New(statusLn, src, log)
 		dial.Observe(statusSrv.DialObserver())

@@ -184,6 +184,7 @@ func parseCommand(command string, args []string, getenv func(string) (string, bo
 	fs.Var(durationFlag{&opts.cfg.RetryDelay}, "retry-delay", "how long a failed endpoint waits before it is tried again (0 means 5m, as etcd's gateway)")
 	fs.Var(durationFlag{&opts.cfg.DialTimeout}, "dial-timeout", "bound of each connection attempt to a member; a client is moved to the next member after it")
 	fs.Var(durationFlag{&opts.cfg.ShutdownTimeout}, "shutdown-timeout", "on SIGINT or SIGTERM, how long live connections may finish before they are closed")
+	fs.Var(durationFlag{&opts.cfg.AutoSyncInterval}, "endpoints-auto-sync-interval", "how often to read the cluster's member list and follow it (members added, removed, replaced); the starting endpoints become seeds; 0 turns it off")
 	fs.StringVar(&opts.cfg.MetricsAddr, "metrics-addr", "", "address (host:port) of /metrics (Prometheus), /healthz, /readyz and /status; off when empty")
 	fs.Var(levelFlag{&opts.logLevel}, "log-level", "debug, info, warn or error")
 	fs.Var(formatFlag{&opts.logFormat}, "log-format", "json, console, or auto: console when stderr is a terminal, json otherwise")

@@ -212,6 +212,28 @@ func setUp(ctx context.Context, command string, args []string, stdout, stderr io
 	return opts, log, exitOK
 }
 
+// printMemberList prints the member list check read: what the gateway would follow.
+func printMemberList(out io.Writer, list *supervisor.MemberListResult) {
+	if list.Err != nil {
+		fmt.Fprintf(out, "\nmember list: %v\n", list.Err)
+		return
+	}
+	fmt.Fprintf(out, "\nmember list from %s, followed with --endpoints-auto-sync-interval:\n", list.From)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tROLE\tCLIENT URLS")
+	for _, m := range list.Members {
+		role := "voter"
+		switch {
+		case m.Name == "":
+			role = "not started"
+		case m.Learner:
+			role = "learner (not followed)"
+		}
+		fmt.Fprintf(tw, "%x\t%s\t%s\t%s\n", m.ID, m.Name, role, strings.Join(m.ClientURLs, ","))
+	}
+	tw.Flush()
+}
+
 // check is the check command: exit 0 when at least one endpoint is healthy, 1 when none is.
 func check(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -221,7 +243,7 @@ func check(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	defer log.Sync()
-	results, err := supervisor.Check(ctx, opts.cfg, log)
+	results, list, err := supervisor.Check(ctx, opts.cfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "etcd-gateway: %v\n", err)
 		return exitFailure
@@ -241,6 +263,9 @@ func check(args []string, stdout, stderr io.Writer) int {
 	}
 	tw.Flush()
 	fmt.Fprintf(stdout, "%d of %d endpoints healthy\n", healthy, len(results))
+	if list != nil {
+		printMemberList(stdout, list)
+	}
 	if healthy == 0 {
 		return exitFailure
 	}
