@@ -88,13 +88,28 @@ func namesInStatus(sc statusClient) ([]string, bool) {
 
 // Started knowing one member of three, the gateway follows the member list: connections reach
 // all three within 3 s; a member added and started gets connections within the interval and
-// 2 s; a learner never does; a removed member leaves the set.
+// 2 s; a learner never does; a removed member leaves the set. On plain members, and on TLS
+// members, whose list is read over HTTPS.
 func TestMemberListIsFollowed(t *testing.T) {
 	t.Parallel()
-	c := launchCluster(t, 3, &cluster{scheme: "http", flags: func(string) []string { return nil }})
+	t.Run("plain", func(t *testing.T) {
+		t.Parallel()
+		testMemberListIsFollowed(t, launchCluster(t, 3, &cluster{scheme: "http", flags: func(string) []string { return nil }}))
+	})
+	t.Run("tls", func(t *testing.T) {
+		t.Parallel()
+		tc := launchLoggingTLSCluster(t, 3, false)
+		testMemberListIsFollowed(t, tc.cluster)
+		if w := connectionWarnings(tc.memberLog(nil)); len(w) != 0 {
+			t.Errorf("the members logged %d warnings about connections: %q", len(w), w)
+		}
+	})
+}
+
+func testMemberListIsFollowed(t *testing.T, c *cluster) {
 	gw, sc := startGatewayWithStatus(t, "--endpoints="+c.members[0].client, "--endpoints-auto-sync-interval=1s")
 	began := time.Now()
-	if !eventually(defaultTestTimeout, func() bool { return len(membersThroughGateway(t, gw.addr, nil, 9)) == 3 }) {
+	if !eventually(defaultTestTimeout, func() bool { return len(membersThroughGateway(t, gw.addr, c.clientTLS, 9)) == 3 }) {
 		t.Fatalf("connections never reached all three members: %+v", sc.status())
 	}
 	took := time.Since(began)
@@ -112,7 +127,7 @@ func TestMemberListIsFollowed(t *testing.T) {
 	added := c.add(t, "m3", false)
 	addedID := memberID(t, c, added)
 	start := time.Now()
-	if !eventually(defaultTestTimeout, func() bool { return membersThroughGateway(t, gw.addr, nil, 8)[addedID] > 0 }) {
+	if !eventually(defaultTestTimeout, func() bool { return membersThroughGateway(t, gw.addr, c.clientTLS, 8)[addedID] > 0 }) {
 		t.Fatalf("the added member never got a connection: %+v", sc.status())
 	}
 	t.Logf("the added member got connections %s after it served", time.Since(start))
@@ -138,8 +153,15 @@ func TestMemberListIsFollowed(t *testing.T) {
 	}) {
 		t.Fatalf("the removed member stayed in the set: %+v", sc.status())
 	}
-	if seen := membersThroughGateway(t, gw.addr, nil, 12); seen[addedID] > 0 {
+	if seen := membersThroughGateway(t, gw.addr, c.clientTLS, 12); seen[addedID] > 0 {
 		t.Errorf("the removed member got connections: %v", seen)
+	}
+
+	out, code := runCheck(t, "--endpoints="+c.members[0].client, "--endpoints-auto-sync-interval=1s", "--log-level=error")
+	for _, name := range []string{"m0", "m1", "m2", "learner (not followed)"} {
+		if code != 0 || !strings.Contains(out, name) {
+			t.Errorf("check --endpoints-auto-sync-interval does not print %q of the member list (exit %d):\n%s", name, code, out)
+		}
 	}
 }
 
