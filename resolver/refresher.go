@@ -28,17 +28,17 @@ type SRVConfig struct {
 	MinRefresh  time.Duration // lower bound of the wait between lookups
 	MaxRefresh  time.Duration // upper bound of the wait, also of the backoff after failures
 	DialTimeout time.Duration // bound of each TLS verification
-	// Fallback is the set used until discovery first succeeds: the --endpoints the user gave
-	// explicitly, or nil.
-	Fallback []Endpoint
-	Guard    *LoopGuard // refuses endpoints that are the gateway itself
 }
 
 // Refresher is the resolver service for SRV discovery. It looks the records up, resolves and
 // verifies the members, publishes the set when it changes, and looks again after the records'
 // TTL. A failed lookup keeps the last good set and is retried with backoff.
 type Refresher struct {
-	cfg               SRVConfig
+	cfg SRVConfig
+	// fallback is the set used until discovery first succeeds: the --endpoints the user gave
+	// explicitly, or nil.
+	fallback          []Endpoint
+	guard             *LoopGuard // refuses endpoints that are the gateway itself
 	dns               *dnsClient
 	verifier          *verifier
 	secureName, plain string
@@ -52,23 +52,16 @@ var _ suture.Service = (*Refresher)(nil)
 // Lookups returns how many SRV lookups the Refresher has done, and how many of them failed.
 func (r *Refresher) Lookups() (total, failed uint64) { return r.lookups.Load(), r.failures.Load() }
 
-// Validate checks cfg without looking anything up; every error is one line that names the fix.
-func (cfg SRVConfig) Validate() error {
+// NewRefresher checks cfg (refresh bounds, DNS servers, CA file) and returns the service, which
+// publishes to out and serves fallback until discovery first succeeds. Every error is one line
+// that names the fix.
+func NewRefresher(cfg SRVConfig, fallback []Endpoint, guard *LoopGuard, out *Updates, log *zap.Logger) (*Refresher, error) {
 	if cfg.MinRefresh <= 0 {
-		return fmt.Errorf("--discovery-srv-min-refresh=%s must be positive, such as 1s", cfg.MinRefresh)
+		return nil, fmt.Errorf("--discovery-srv-min-refresh=%s must be positive, such as 1s", cfg.MinRefresh)
 	}
 	if cfg.MaxRefresh < cfg.MinRefresh {
-		return fmt.Errorf("--discovery-srv-max-refresh=%s is below --discovery-srv-min-refresh=%s; raise it", cfg.MaxRefresh, cfg.MinRefresh)
+		return nil, fmt.Errorf("--discovery-srv-max-refresh=%s is below --discovery-srv-min-refresh=%s; raise it", cfg.MaxRefresh, cfg.MinRefresh)
 	}
-	if _, err := newDNSClient(cfg.DNSServer, cfg.ResolvConf, dnsQueryTimeout); err != nil {
-		return err
-	}
-	_, err := newVerifier(cfg.CAFile, cfg.Domain, cfg.DialTimeout)
-	return err
-}
-
-// NewRefresher checks cfg (DNS servers, CA file) and returns the service.
-func NewRefresher(cfg SRVConfig, out *Updates, log *zap.Logger) (*Refresher, error) {
 	client, err := newDNSClient(cfg.DNSServer, cfg.ResolvConf, dnsQueryTimeout)
 	if err != nil {
 		return nil, err
@@ -78,7 +71,8 @@ func NewRefresher(cfg SRVConfig, out *Updates, log *zap.Logger) (*Refresher, err
 		return nil, err
 	}
 	secure, plain := SRVNames(cfg.Domain, cfg.ServiceName)
-	return &Refresher{cfg: cfg, dns: client, verifier: v, secureName: secure, plain: plain, out: out,
+	return &Refresher{cfg: cfg, fallback: Normalize(fallback), guard: guard, dns: client, verifier: v,
+		secureName: secure, plain: plain, out: out,
 		log: log.Named("resolver").With(zap.String("srv_domain", cfg.Domain))}, nil
 }
 
@@ -87,9 +81,9 @@ func (r *Refresher) String() string { return "resolver/srv" }
 
 // Serve discovers until ctx ends.
 func (r *Refresher) Serve(ctx context.Context) error {
-	if _, ok := r.out.Latest(); !ok && len(r.cfg.Fallback) > 0 {
-		r.log.Info("using --endpoints until SRV discovery succeeds", zap.Stringers("endpoints", r.cfg.Fallback))
-		r.out.Publish(Normalize(r.cfg.Fallback))
+	if _, ok := r.out.Latest(); !ok && len(r.fallback) > 0 {
+		r.log.Info("using --endpoints until SRV discovery succeeds", zap.Stringers("endpoints", r.fallback))
+		r.out.Publish(r.fallback)
 	}
 	run := newRefresherRun(r)
 	backoff := r.cfg.MinRefresh
@@ -232,7 +226,7 @@ func (run *refresherRun) admit(ctx context.Context, eps, last []Endpoint) (admit
 	loops := make([]bool, len(eps))
 	var wg sync.WaitGroup
 	for i, ep := range eps {
-		if err := r.cfg.Guard.Check(ctx, ep); err != nil {
+		if err := r.guard.Check(ctx, ep); err != nil {
 			reasons[i], loops[i] = err, true
 			continue
 		}

@@ -30,20 +30,22 @@ type refresherFixture struct {
 	done    chan error
 }
 
-func testSRVConfig(t *testing.T, s *dnstest.Server) SRVConfig {
+func testSRVConfig(_ *testing.T, s *dnstest.Server) SRVConfig {
+	return SRVConfig{Domain: "example.com", DNSServer: s.Addr(), MinRefresh: 100 * time.Millisecond,
+		MaxRefresh: time.Minute, DialTimeout: time.Second}
+}
+
+// startRefresher runs a Refresher of cfg, for a gateway on 127.0.0.1:23790, serving fallback
+// until discovery first succeeds.
+func startRefresher(t *testing.T, s *dnstest.Server, cfg SRVConfig, fallback ...Endpoint) *refresherFixture {
+	t.Helper()
 	guard, err := NewLoopGuard(context.Background(), "127.0.0.1:23790")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return SRVConfig{Domain: "example.com", DNSServer: s.Addr(), MinRefresh: 100 * time.Millisecond,
-		MaxRefresh: time.Minute, DialTimeout: time.Second, Guard: guard}
-}
-
-func startRefresher(t *testing.T, s *dnstest.Server, cfg SRVConfig) *refresherFixture {
-	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	f := &refresherFixture{dns: s, updates: NewUpdates(), logs: logs, done: make(chan error, 1)}
-	r, err := NewRefresher(cfg, f.updates, zap.New(core))
+	r, err := NewRefresher(cfg, fallback, guard, f.updates, zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,10 +203,9 @@ func TestRefresherFallback(t *testing.T) {
 	t.Parallel()
 	s := dnstest.Start(t)
 	s.SetMode(dnstest.ServFail)
-	cfg := testSRVConfig(t, s)
-	cfg.Fallback = []Endpoint{{Host: "10.0.1.10", Port: 2379}}
-	f := startRefresher(t, s, cfg)
-	f.waitSet(t, cfg.Fallback)
+	fallback := []Endpoint{{Host: "10.0.1.10", Port: 2379}}
+	f := startRefresher(t, s, testSRVConfig(t, s), fallback...)
+	f.waitSet(t, fallback)
 	s.SetZone(plainZone(1, "127.0.0.11")...)
 	s.SetMode(dnstest.Normal)
 	f.waitSet(t, plainSet("127.0.0.11"))

@@ -6,8 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
@@ -34,34 +32,13 @@ type MemberListResult struct {
 // read, or one SRV lookup, falling back to an explicit --endpoints when it fails) and probes
 // each once, in parallel, as the health probers do. With --endpoints-auto-sync-interval it also
 // reads the member list the gateway would follow, from the first healthy endpoint.
-func Check(ctx context.Context, cfg Config, log *zap.Logger) ([]CheckResult, *MemberListResult, error) {
-	probe, err := cfg.probeConfig()
+func Check(ctx context.Context, plan *Plan) ([]CheckResult, *MemberListResult, error) {
+	cfg, probe := plan.cfg, plan.probe
+	eps, err := plan.source.Resolve(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	eps, source := resolver.Normalize(cfg.Endpoints), "endpoints"
-	if cfg.EndpointsFile != "" {
-		source = "endpoints-file"
-	}
-	if cfg.Discovery != nil {
-		srv := *cfg.Discovery
-		if srv.Guard, err = resolver.NewLoopGuard(ctx, cfg.ListenAddr); err != nil {
-			return nil, nil, err
-		}
-		refresher, err := resolver.NewRefresher(srv, resolver.NewUpdates(), log)
-		if err != nil {
-			return nil, nil, err
-		}
-		found, err := refresher.Discover(ctx)
-		switch {
-		case err == nil:
-			eps, source = found, "srv"
-		case len(eps) == 0:
-			return nil, nil, err
-		default:
-			log.Warn("SRV discovery failed; checking --endpoints instead", zap.Error(err))
-		}
-	}
+	listed := listedSourceName(plan.source)
 	results := make([]CheckResult, len(eps))
 	var wg sync.WaitGroup
 	for i, ep := range eps {
@@ -70,6 +47,10 @@ func Check(ctx context.Context, cfg Config, log *zap.Logger) ([]CheckResult, *Me
 			defer wg.Done()
 			began := time.Now()
 			res := health.ProbeOnce(ctx, ep, probe)
+			source := listed
+			if ep.Target != "" {
+				source = "srv"
+			}
 			results[i] = CheckResult{Endpoint: ep, Source: source, Scheme: res.Scheme, State: res.State, Reason: res.Reason,
 				Note: res.Note, Took: time.Since(began)}
 		}()
@@ -90,4 +71,13 @@ func Check(ctx context.Context, cfg Config, log *zap.Logger) ([]CheckResult, *Me
 		}
 	}
 	return results, list, nil
+}
+
+// listedSourceName names where endpoints not found through SRV records come from: the
+// --endpoints an SRV source falls back to, or the list or the file.
+func listedSourceName(s resolver.Source) string {
+	if _, ok := s.(*resolver.SRVSource); ok {
+		return "endpoints"
+	}
+	return s.Name()
 }

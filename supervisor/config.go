@@ -11,20 +11,22 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/listener"
 
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
-// Config is everything the gateway needs to run; cmd/etcd-gateway fills it from flags.
+// Config is the gateway's settings, as cmd/etcd-gateway parses them from flags; Prepare turns
+// it into a Plan.
 type Config struct {
 	ListenAddr      string              // host:port to accept clients on, or unix://PATH
 	SocketMode      os.FileMode         // permissions of a unix:// listen socket
 	Endpoints       []resolver.Endpoint // the etcd members' client addresses; with Discovery, used until it first succeeds
 	Discovery       *resolver.SRVConfig // SRV discovery; nil for a static list
 	EndpointsFile   string              // with it, Endpoints are its contents at start, and it is followed
-	Reload          <-chan struct{}     // a receive reads EndpointsFile again (SIGHUP)
 	RetryDelay      time.Duration       // how long a failed endpoint waits before it is probed again
 	DialTimeout     time.Duration       // bound of every dial to a member and of every probe
 	ShutdownTimeout time.Duration       // how long live connections may finish after a stop signal
@@ -91,24 +93,58 @@ func (cfg Config) probeConfig() (health.ProbeConfig, error) {
 	return pc, nil
 }
 
-// Validate checks cfg before anything is bound: the listen address, the durations, and that no
-// endpoint is the gateway itself. Every error is one line that names the fix.
-func (cfg Config) Validate(ctx context.Context) error {
+// Plan is a Config turned, once, into the parts that running it needs: the loop guard, the
+// probe configuration with its TLS material, and the endpoint source with its DNS client and
+// verifier. The gateway (New) and the check command (Check) both run from a Plan.
+type Plan struct {
+	cfg    Config
+	guard  *resolver.LoopGuard
+	probe  health.ProbeConfig
+	source resolver.Source
+	log    *zap.Logger
+}
+
+// Prepare checks cfg before anything is bound and builds its parts: the listen address, the
+// durations, the TLS files, the endpoint source, and that no endpoint is the gateway itself.
+// A receive on reload reads --endpoints-file again. Every error is one line that names the fix.
+func Prepare(ctx context.Context, cfg Config, reload <-chan struct{}, log *zap.Logger) (*Plan, error) {
 	if path, ok := strings.CutPrefix(cfg.ListenAddr, listener.UnixScheme); ok && !filepath.IsAbs(path) {
-		return fmt.Errorf("--listen-addr=%s: a Unix socket needs an absolute path, such as unix:///run/etcd-gateway/etcd.sock", cfg.ListenAddr)
+		return nil, fmt.Errorf("--listen-addr=%s: a Unix socket needs an absolute path, such as unix:///run/etcd-gateway/etcd.sock", cfg.ListenAddr)
+	}
+	if err := cfg.checkSettings(); err != nil {
+		return nil, err
 	}
 	guard, err := resolver.NewLoopGuard(ctx, cfg.ListenAddr)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if len(cfg.Endpoints) == 0 && cfg.Discovery == nil {
-		return errors.New("no endpoints given; set --endpoints to host:port[,host:port...] of the etcd members' client URLs")
+	probe, err := cfg.probeConfig()
+	if err != nil {
+		return nil, err
 	}
-	if cfg.Discovery != nil {
-		if err := cfg.Discovery.Validate(); err != nil {
-			return err
+	for _, ep := range cfg.Endpoints {
+		if err := guard.Check(ctx, ep); err != nil {
+			return nil, err
 		}
 	}
+	var source resolver.Source
+	switch {
+	case cfg.Discovery != nil:
+		if source, err = resolver.NewSRVSource(*cfg.Discovery, cfg.Endpoints, guard, log); err != nil {
+			return nil, err
+		}
+	case len(cfg.Endpoints) == 0:
+		return nil, errors.New("no endpoints given; set --endpoints to host:port[,host:port...] of the etcd members' client URLs")
+	case cfg.EndpointsFile != "":
+		source = resolver.NewFileSource(cfg.EndpointsFile, cfg.Endpoints, reload, guard, log)
+	default:
+		source = resolver.NewListSource(cfg.Endpoints)
+	}
+	return &Plan{cfg: cfg, guard: guard, probe: probe, source: source, log: log}, nil
+}
+
+// checkSettings checks the settings that need nothing looked up.
+func (cfg Config) checkSettings() error {
 	for _, d := range []struct {
 		flag string
 		val  time.Duration
@@ -126,24 +162,23 @@ func (cfg Config) Validate(ctx context.Context) error {
 	if cfg.Health.Rise < 1 || cfg.Health.Fall < 1 {
 		return errors.New("--health-rise and --health-fall must be at least 1")
 	}
-	if _, err := cfg.probeConfig(); err != nil {
-		return err
-	}
 	if cfg.MetricsAddr != "" {
-		if _, port, err := net.SplitHostPort(cfg.MetricsAddr); err != nil || port == "" {
+		_, port, err := net.SplitHostPort(cfg.MetricsAddr)
+		if err != nil || port == "" {
 			return fmt.Errorf("--metrics-addr=%q is not host:port; give one such as 127.0.0.1:23791, or leave it empty to turn metrics off", cfg.MetricsAddr)
 		}
-		if cfg.MetricsAddr == cfg.ListenAddr {
+		if cfg.MetricsAddr == cfg.ListenAddr && port != "0" {
 			return fmt.Errorf("--metrics-addr=%s is also --listen-addr; give the metrics another port, such as 127.0.0.1:23791", cfg.MetricsAddr)
 		}
 	}
 	if cfg.DialTimeout == 0 {
 		return errors.New("--dial-timeout=0 would let a dead member hold clients forever; give a positive duration such as 1s")
 	}
-	for _, ep := range cfg.Endpoints {
-		if err := guard.Check(ctx, ep); err != nil {
-			return err
-		}
+	if cfg.AutoSyncInterval > 0 && cfg.AutoSyncInterval < minAutoSyncInterval {
+		return fmt.Errorf("--endpoints-auto-sync-interval=%s would ask the members for their list too often; give %s or more, such as 30s, or 0 to turn it off", cfg.AutoSyncInterval, minAutoSyncInterval)
 	}
 	return nil
 }
+
+// minAutoSyncInterval bounds how often the member list may be read.
+const minAutoSyncInterval = 100 * time.Millisecond

@@ -6,10 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
-func TestValidate(t *testing.T) {
+func TestPrepare(t *testing.T) {
 	ep := func(host string, port uint16) []resolver.Endpoint {
 		return []resolver.Endpoint{{Host: "10.0.1.10", Port: 2379}, {Host: host, Port: port}}
 	}
@@ -44,21 +46,26 @@ func TestValidate(t *testing.T) {
 		{name: "no endpoints", change: func(c *Config) { c.Endpoints = nil }, wantErr: "--endpoints"},
 		{name: "negative retry delay", change: func(c *Config) { c.RetryDelay = -time.Second }, wantErr: "--retry-delay"},
 		{name: "zero dial timeout", change: func(c *Config) { c.DialTimeout = 0 }, wantErr: "--dial-timeout"},
+		{name: "member list read too often", change: func(c *Config) { c.AutoSyncInterval = time.Millisecond }, wantErr: "--endpoints-auto-sync-interval"},
+		{name: "unreadable trusted CA", change: func(c *Config) { c.TrustedCAFile = "/nonexistent/ca.pem" }, wantErr: "--trusted-ca-file"},
+		{name: "SRV refresh bounds reversed", change: func(c *Config) {
+			c.Discovery = &resolver.SRVConfig{Domain: "example.com", DNSServer: "127.0.0.1:53", MinRefresh: time.Minute, MaxRefresh: time.Second}
+		}, wantErr: "--discovery-srv-max-refresh"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := valid
 			cfg.Endpoints = append([]resolver.Endpoint(nil), valid.Endpoints...)
 			tt.change(&cfg)
-			err := cfg.Validate(context.Background())
+			_, err := Prepare(context.Background(), cfg, nil, zap.NewNop())
 			if tt.wantErr == "" {
 				if err != nil {
-					t.Fatalf("Validate = %v, want nil", err)
+					t.Fatalf("Prepare = %v, want nil", err)
 				}
 				return
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("Validate = %v, want an error about %q", err, tt.wantErr)
+				t.Fatalf("Prepare = %v, want an error about %q", err, tt.wantErr)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("error spans lines: %q", err)

@@ -51,8 +51,10 @@ type Gateway struct {
 	cutOnce    sync.Once
 }
 
-// New binds the listen address and builds the supervisor tree; nothing runs until Serve.
-func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err error) {
+// New binds the listen address and builds the supervisor tree of plan; nothing runs until
+// Serve.
+func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
+	cfg, log, probe := plan.cfg, plan.log, plan.probe
 	ln, err := listener.Listen(ctx, cfg.ListenAddr, cfg.KeepAlive, cfg.SocketMode)
 	if err != nil {
 		return nil, &BindError{Addr: cfg.ListenAddr, Err: err}
@@ -66,14 +68,6 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 			}
 		}
 	}()
-	probe, err := cfg.probeConfig()
-	if err != nil {
-		return nil, err
-	}
-	guard, err := resolver.NewLoopGuard(ctx, cfg.ListenAddr)
-	if err != nil {
-		return nil, err
-	}
 	table := health.NewTable()
 	activity := health.NewActivity()
 	reports := health.NewReports(reportBuffer)
@@ -87,24 +81,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 		seeds = resolver.NewUpdates()
 		memberList = resolver.NewMemberList(resolver.MemberListConfig{
 			Interval: cfg.AutoSyncInterval, Timeout: cfg.DialTimeout, Seeds: seeds, Out: updates,
-			Cluster: clusterView{table}, TLS: probe.TLS.MemberTLS, Guard: guard, Log: log,
+			Cluster: clusterView{table}, TLS: probe.TLS.MemberTLS, Guard: plan.guard, Log: log,
 		})
 	}
-	var source suture.Service
-	staticSource := "endpoints"
-	switch {
-	case cfg.Discovery != nil:
-		srv := *cfg.Discovery
-		srv.Fallback, srv.Guard = cfg.Endpoints, guard
-		if source, err = resolver.NewRefresher(srv, seeds, log); err != nil {
-			return nil, err
-		}
-	case cfg.EndpointsFile != "":
-		source = resolver.NewFile(cfg.EndpointsFile, seeds, cfg.Reload, guard, log)
-		staticSource = "endpoints-file"
-	default:
-		source = resolver.NewStatic(cfg.Endpoints, seeds)
-	}
+	source := plan.source.Service(seeds)
 	if cfg.MetricsAddr != "" {
 		if statusLn, err = status.Listen(ctx, cfg.MetricsAddr); err != nil {
 			return nil, &BindError{Addr: cfg.MetricsAddr, Err: err}
@@ -131,7 +111,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (gw *Gateway, err err
 	var statusTree *suture.Supervisor
 	var statusSrv *status.Server
 	if statusLn != nil {
-		src := status.Sources{Table: table, Forwarder: fwd, StaticSource: staticSource}
+		src := status.Sources{Table: table, Forwarder: fwd, StaticSource: listedSourceName(plan.source)}
 		if r, ok := source.(*resolver.Refresher); ok {
 			src.Discovery = r
 		}

@@ -89,15 +89,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return <-signalledEarly
 	})
 	defer started()
-	opts, log, code := setUp(ctx, "start", args[1:], stdout, stderr)
-	if log == nil {
+	reload := make(chan struct{}, 1)
+	opts, plan, log, code := setUp(ctx, "start", args[1:], reload, stdout, stderr)
+	if plan == nil {
 		return code
 	}
 	defer log.Sync()
-	reload := make(chan struct{}, 1)
-	opts.cfg.Reload = reload
 
-	gw, err := supervisor.New(ctx, opts.cfg, log)
+	gw, err := supervisor.New(ctx, plan)
 	stoppedEarly := started()
 	if err != nil && stoppedEarly {
 		log.Info("stopped by a signal before the gateway started")
@@ -186,30 +185,33 @@ func forwardHUP(ctx context.Context, hup <-chan os.Signal, reload chan<- struct{
 	}
 }
 
-// setUp parses and validates the flags of command and builds the logger. When it returns no
-// logger, the command ends with the exit status it returns: 0 after --help, 2 for bad input, 1
-// when the logger cannot be built.
-func setUp(ctx context.Context, command string, args []string, stdout, stderr io.Writer) (options, *zap.Logger, int) {
+// setUp parses the flags of command, builds the logger, and prepares the gateway's plan, with
+// reload as the signal that reads --endpoints-file again. When it returns no plan, the command
+// ends with the exit status it returns: 0 after --help, 2 for bad input, 1 when the logger
+// cannot be built.
+func setUp(ctx context.Context, command string, args []string, reload <-chan struct{}, stdout, stderr io.Writer) (options, *supervisor.Plan, *zap.Logger, int) {
 	opts, err := parseCommand(command, args, os.LookupEnv, stderrIsTerminal(), stdout)
 	if errors.Is(err, errHelp) {
-		return opts, nil, exitOK
-	}
-	if err == nil {
-		err = opts.cfg.Validate(ctx)
+		return opts, nil, nil, exitOK
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "etcd-gateway: %v\n", err)
-		return opts, nil, exitUsage
+		return opts, nil, nil, exitUsage
 	}
 	log, err := newLogger(opts.logLevel, opts.logFormat)
 	if err != nil {
 		fmt.Fprintf(stderr, "etcd-gateway: build logger: %v\n", err)
-		return opts, nil, exitFailure
+		return opts, nil, nil, exitFailure
+	}
+	plan, err := supervisor.Prepare(ctx, opts.cfg, reload, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "etcd-gateway: %v\n", err)
+		return opts, nil, nil, exitUsage
 	}
 	for _, ep := range opts.portDefaulted {
 		log.Info("endpoint given without a port; using etcd's client port", zap.Stringer("endpoint", ep))
 	}
-	return opts, log, exitOK
+	return opts, plan, log, exitOK
 }
 
 // printMemberList prints the member list check read: what the gateway would follow.
@@ -238,12 +240,12 @@ func printMemberList(out io.Writer, list *supervisor.MemberListResult) {
 func check(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	opts, log, code := setUp(ctx, "check", args, stdout, stderr)
-	if log == nil {
+	_, plan, log, code := setUp(ctx, "check", args, nil, stdout, stderr)
+	if plan == nil {
 		return code
 	}
 	defer log.Sync()
-	results, list, err := supervisor.Check(ctx, opts.cfg, log)
+	results, list, err := supervisor.Check(ctx, plan)
 	if err != nil {
 		fmt.Fprintf(stderr, "etcd-gateway: %v\n", err)
 		return exitFailure

@@ -1,0 +1,105 @@
+package resolver
+
+import (
+	"context"
+
+	"github.com/thejerf/suture/v4"
+	"go.uber.org/zap"
+)
+
+// Source is where the starting endpoints come from: a list (--endpoints), a file
+// (--endpoints-file) or SRV records (--discovery-srv). It is built once from the settings,
+// with everything that can fail checked then; the gateway runs its service, and the check
+// command resolves it once. The member list (MemberList) follows any of them.
+type Source interface {
+	// Name is what /status and check call the source: "endpoints", "endpoints-file" or "srv".
+	Name() string
+	// Service returns the resolver service that publishes the source's sets to out. It is
+	// called once.
+	Service(out *Updates) suture.Service
+	// Resolve returns the endpoints once, as the service would first publish them.
+	Resolve(ctx context.Context) ([]Endpoint, error)
+}
+
+// ListSource is a fixed list of endpoints: --endpoints.
+type ListSource struct{ endpoints []Endpoint }
+
+// NewListSource returns the source of a fixed list.
+func NewListSource(eps []Endpoint) *ListSource { return &ListSource{endpoints: Normalize(eps)} }
+
+// Name is "endpoints".
+func (s *ListSource) Name() string { return "endpoints" }
+
+// Service publishes the list once.
+func (s *ListSource) Service(out *Updates) suture.Service { return NewStatic(s.endpoints, out) }
+
+// Resolve returns the list.
+func (s *ListSource) Resolve(context.Context) ([]Endpoint, error) { return s.endpoints, nil }
+
+// FileSource is an endpoints file, followed as it changes and read again on each receive of
+// reload: --endpoints-file.
+type FileSource struct {
+	path   string
+	first  []Endpoint // the file as read at start
+	reload <-chan struct{}
+	guard  *LoopGuard
+	log    *zap.Logger
+}
+
+// NewFileSource returns the source of the file at path, whose contents at start are first.
+func NewFileSource(path string, first []Endpoint, reload <-chan struct{}, guard *LoopGuard, log *zap.Logger) *FileSource {
+	return &FileSource{path: path, first: Normalize(first), reload: reload, guard: guard, log: log}
+}
+
+// Name is "endpoints-file".
+func (s *FileSource) Name() string { return "endpoints-file" }
+
+// Service follows the file.
+func (s *FileSource) Service(out *Updates) suture.Service {
+	return NewFile(s.path, out, s.reload, s.guard, s.log)
+}
+
+// Resolve returns the file's endpoints as read at start.
+func (s *FileSource) Resolve(context.Context) ([]Endpoint, error) { return s.first, nil }
+
+// SRVSource is SRV discovery: --discovery-srv, with the --endpoints the user gave as a
+// fallback until it first succeeds.
+type SRVSource struct {
+	refresher *Refresher // publishes nowhere until Service
+	log       *zap.Logger
+}
+
+// NewSRVSource checks cfg (refresh bounds, DNS servers, CA file) and returns the source.
+func NewSRVSource(cfg SRVConfig, fallback []Endpoint, guard *LoopGuard, log *zap.Logger) (*SRVSource, error) {
+	r, err := NewRefresher(cfg, fallback, guard, nil, log)
+	if err != nil {
+		return nil, err
+	}
+	return &SRVSource{refresher: r, log: log}, nil
+}
+
+// Name is "srv".
+func (s *SRVSource) Name() string { return "srv" }
+
+// Service returns the Refresher, publishing to out.
+func (s *SRVSource) Service(out *Updates) suture.Service {
+	s.refresher.out = out
+	return s.refresher
+}
+
+// Refresher is the source's service, for its lookup counts.
+func (s *SRVSource) Refresher() *Refresher { return s.refresher }
+
+// Resolve looks the members up once; when that fails it returns the fallback, if any, with
+// the failure logged.
+func (s *SRVSource) Resolve(ctx context.Context) ([]Endpoint, error) {
+	found, err := s.refresher.Discover(ctx)
+	switch {
+	case err == nil:
+		return found, nil
+	case len(s.refresher.fallback) == 0:
+		return nil, err
+	}
+	s.log.Warn("SRV discovery failed; using --endpoints instead", zap.Error(err))
+	return s.refresher.fallback, nil
+}
