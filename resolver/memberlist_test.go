@@ -23,6 +23,7 @@ import (
 type fakeView struct {
 	mu      sync.Mutex
 	healthy []Endpoint
+	down    []Endpoint
 	changed chan struct{}
 }
 
@@ -32,7 +33,20 @@ func (v *fakeView) Healthy() ([]Endpoint, <-chan struct{}) {
 	return slices.Clone(v.healthy), v.changed
 }
 
-func (v *fakeView) Down() []Endpoint { return nil }
+func (v *fakeView) Down() []Endpoint {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.down)
+}
+
+// turnDown makes ep down and signals the change.
+func (v *fakeView) turnDown(ep Endpoint) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.down = append(v.down, ep)
+	close(v.changed)
+	v.changed = make(chan struct{})
+}
 
 func (v *fakeView) Scheme(Endpoint) Scheme { return SchemePlain }
 
@@ -111,6 +125,10 @@ type memberListFixture struct {
 }
 
 func startMemberList(t *testing.T, asked *jsonGateway, seeds ...Endpoint) *memberListFixture {
+	return startMemberListEvery(t, 100*time.Millisecond, asked, seeds...)
+}
+
+func startMemberListEvery(t *testing.T, interval time.Duration, asked *jsonGateway, seeds ...Endpoint) *memberListFixture {
 	t.Helper()
 	guard, err := NewLoopGuard(context.Background(), "127.0.0.1:23790")
 	if err != nil {
@@ -119,7 +137,7 @@ func startMemberList(t *testing.T, asked *jsonGateway, seeds ...Endpoint) *membe
 	core, logs := observer.New(zap.DebugLevel)
 	f := &memberListFixture{seeds: NewUpdates(), out: NewUpdates(), logs: logs,
 		view: &fakeView{healthy: []Endpoint{asked.ep}, changed: make(chan struct{})}}
-	f.ml = NewMemberList(MemberListConfig{Interval: 100 * time.Millisecond, Timeout: time.Second, Seeds: f.seeds, Out: f.out,
+	f.ml = NewMemberList(MemberListConfig{Interval: interval, Timeout: time.Second, Seeds: f.seeds, Out: f.out,
 		Cluster: f.view, TLS: func(Endpoint) MemberTLS { return MemberTLS{} }, Guard: guard, Log: zap.New(core)})
 	f.seeds.Publish(seeds)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -240,4 +258,19 @@ func TestMemberListFallsBackToTheSeeds(t *testing.T) {
 	if n := f.logs.FilterMessageSnippet("trying the seeds again").Len(); n != 1 {
 		t.Errorf("%d lines say the seeds are tried again, want 1", n)
 	}
+}
+
+// A member turning down makes the list be read at once, not at the next interval.
+func TestMemberListReadAtOnceWhenAMemberTurnsDown(t *testing.T) {
+	g := serveJSONGateway(t)
+	other := testnet.LocalListener(t)
+	second, _ := ParseEndpoint(other.Addr().String())
+	g.set(http.StatusOK, listJSON(memberJSON(1, "m0", false, "http://"+g.ep.Addr())))
+	f := startMemberListEvery(t, time.Hour, g, g.ep)
+	if !testnet.Eventually(defaultTestTimeout, func() bool { total, _ := f.ml.Syncs(); return total == 1 }) {
+		t.Fatal("the first list was never read")
+	}
+	g.set(http.StatusOK, listJSON(memberJSON(1, "m0", false, "http://"+g.ep.Addr()), memberJSON(2, "m1", false, "http://"+second.Addr())))
+	f.view.turnDown(second) // any member: a change of the cluster is likely
+	f.waitSet(t, Normalize([]Endpoint{g.ep, second}))
 }
