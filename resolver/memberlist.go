@@ -38,15 +38,14 @@ type ClusterView interface {
 
 // MemberListConfig configures following the member list.
 type MemberListConfig struct {
-	Interval time.Duration                                                     // --endpoints-auto-sync-interval
-	Timeout  time.Duration                                                     // bound of each request and each reachability check
-	Seeds    *Updates                                                          // the starting endpoints, from --endpoints, a file or SRV
-	Out      *Updates                                                          // the set the gateway serves
-	Cluster  ClusterView                                                       // which members are healthy, and what they speak
-	TLS      func(Endpoint) MemberTLS                                          // how to handshake with a member that serves TLS
-	Guard    *LoopGuard                                                        // refuses a list that holds the gateway itself
-	Log      *zap.Logger                                                       //
-	dial     func(ctx context.Context, network, addr string) (net.Conn, error) // tests replace it
+	Interval time.Duration            // --endpoints-auto-sync-interval
+	Timeout  time.Duration            // bound of each request and each reachability check
+	Seeds    *Updates                 // the starting endpoints, from --endpoints, a file or SRV
+	Out      *Updates                 // the set the gateway serves
+	Cluster  ClusterView              // which members are healthy, and what they speak
+	TLS      func(Endpoint) MemberTLS // how to handshake with a member that serves TLS
+	Guard    *LoopGuard               // refuses a list that holds the gateway itself
+	Log      *zap.Logger
 }
 
 // Member is one member of the list the gateway follows.
@@ -62,6 +61,7 @@ type Member struct {
 // seedRetryIntervals intervals.
 type MemberList struct {
 	cfg             MemberListConfig
+	dial            func(ctx context.Context, network, addr string) (net.Conn, error)
 	syncs, failures atomic.Uint64
 	members         atomic.Pointer[map[HostPort]Member] // the members of the set published from a list
 }
@@ -70,12 +70,9 @@ var _ suture.Service = (*MemberList)(nil)
 
 // NewMemberList returns the service.
 func NewMemberList(cfg MemberListConfig) *MemberList {
-	if cfg.dial == nil {
-		d := &net.Dialer{Timeout: cfg.Timeout}
-		cfg.dial = d.DialContext
-	}
 	cfg.Log = cfg.Log.Named("member-list")
-	return &MemberList{cfg: cfg}
+	d := &net.Dialer{Timeout: cfg.Timeout}
+	return &MemberList{cfg: cfg, dial: d.DialContext}
 }
 
 // String names the service in supervisor events.
@@ -282,7 +279,7 @@ func (m *MemberList) fetch(ctx context.Context, ep Endpoint) (memberList, error)
 	if scheme == SchemeUnknown {
 		return memberList{}, fmt.Errorf("the scheme of %s is not known yet", ep)
 	}
-	return fetchMemberList(ctx, m.cfg.dial, ep, scheme, m.cfg.TLS(ep), m.cfg.Timeout)
+	return fetchMemberList(ctx, m.dial, ep, scheme, m.cfg.TLS(ep), m.cfg.Timeout)
 }
 
 // ListMembers asks ep for the cluster's member list as the gateway does when it follows it,
@@ -454,7 +451,7 @@ func (m *MemberList) firstAnswering(ctx context.Context, urls, current []Endpoin
 	}
 	for _, ep := range urls {
 		dctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
-		conn, err := m.cfg.dial(dctx, "tcp", ep.Addr())
+		conn, err := m.dial(dctx, "tcp", ep.Addr())
 		cancel()
 		if err == nil {
 			conn.Close()
