@@ -200,11 +200,11 @@ func (run *memberListRun) sync(ctx context.Context) {
 	if slices.Equal(current, set) {
 		return
 	}
-	m.cfg.Out.Publish(set)
 	added, removed := diff(current, set)
 	m.cfg.Log.Info("endpoint set follows the member list",
 		zap.Stringer("from", from), zap.Stringers("added", added), zap.Stringers("removed", removed),
 		zap.Stringers("endpoints", set))
+	m.cfg.Out.Publish(set) // after the line, so that whoever sees the set finds the line
 }
 
 // maybeRetrySeeds serves the seeds with the current set once no list came for
@@ -218,9 +218,9 @@ func (run *memberListRun) maybeRetrySeeds() {
 	set := Normalize(append(slices.Clone(current), run.seeds...))
 	run.following = false
 	if !slices.Equal(set, current) {
-		m.cfg.Out.Publish(set)
 		m.cfg.Log.Warn("no member has given the member list for a while; trying the seeds again",
 			zap.Stringers("seeds", run.seeds), zap.Duration("since", time.Since(run.answered)))
+		m.cfg.Out.Publish(set)
 	}
 }
 
