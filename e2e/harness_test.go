@@ -172,11 +172,7 @@ func (c *cluster) run(t *testing.T, m *member, initialCluster, state string) {
 // waitReady waits until a linearizable read through members succeeds.
 func (c *cluster) waitReady(t *testing.T, members []*member) {
 	t.Helper()
-	var eps []string
-	for _, m := range members {
-		eps = append(eps, m.client)
-	}
-	cl := newTLSClient(t, c.clientTLS, eps...)
+	cl := newTLSClient(t, c.clientTLS, endpointsOfList(members)...)
 	deadline := time.Now().Add(defaultTestTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -268,12 +264,16 @@ func (cl *cluster) leader(t *testing.T) int {
 	return -1
 }
 
-func endpointsOf(members []*member) string {
+// endpointsOf returns the --endpoints value of members.
+func endpointsOf(members []*member) string { return strings.Join(endpointsOfList(members), ",") }
+
+// endpointsOfList returns the client addresses of members.
+func endpointsOfList(members []*member) []string {
 	var eps []string
 	for _, m := range members {
 		eps = append(eps, m.client)
 	}
-	return strings.Join(eps, ",")
+	return eps
 }
 
 // gateway is a running etcd-gateway process.

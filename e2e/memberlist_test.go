@@ -14,18 +14,25 @@ import (
 	"go.uber.org/zap"
 )
 
-// reconfigure runs a membership change, retried while etcd refuses it because the cluster is
-// not yet healthy enough (a member connected for less than a few seconds).
-func reconfigure(t *testing.T, what string, change func(ctx context.Context) error) {
+// reconfigure runs a membership change. It is tried again while etcd refuses it for a reason
+// that passes (a member connected for less than a few seconds, an election after the leader
+// left, a request that timed out on a loaded machine), for up to 30 s; done reports whether an
+// error says an earlier try went through after all.
+func reconfigure(t *testing.T, what string, change func(ctx context.Context) error, done func(error) bool) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
+	deadline := time.Now().Add(30 * time.Second)
 	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := change(ctx)
-		if err == nil {
+		cancel()
+		if err == nil || done(err) {
 			return
 		}
-		if ctx.Err() != nil || !strings.Contains(err.Error(), "unhealthy cluster") {
+		passing := false
+		for _, reason := range []string{"unhealthy cluster", "leader changed", "deadline exceeded", "timed out", "no leader"} {
+			passing = passing || strings.Contains(err.Error(), reason)
+		}
+		if !passing || time.Now().After(deadline) {
 			t.Fatalf("%s: %v", what, err)
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -36,7 +43,7 @@ func reconfigure(t *testing.T, what string, change func(ctx context.Context) err
 // joins c.members once it serves.
 func (c *cluster) add(t *testing.T, name string, learner bool) *member {
 	t.Helper()
-	admin := newTLSClient(t, c.clientTLS, c.members[0].client)
+	admin := newTLSClient(t, c.clientTLS, endpointsOfList(c.members)...)
 	m := &member{name: name, peer: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
 	reconfigure(t, "add "+name, func(ctx context.Context) error {
 		var err error
@@ -46,7 +53,7 @@ func (c *cluster) add(t *testing.T, name string, learner bool) *member {
 			_, err = admin.MemberAdd(ctx, []string{m.peer})
 		}
 		return err
-	})
+	}, func(err error) bool { return strings.Contains(err.Error(), "Peer URLs already exists") })
 	var peers []string
 	for _, mm := range append(slices.Clone(c.members), m) {
 		peers = append(peers, mm.name+"="+mm.peer)
@@ -63,14 +70,15 @@ func (c *cluster) add(t *testing.T, name string, learner bool) *member {
 func (c *cluster) remove(t *testing.T, m *member) {
 	t.Helper()
 	rest := slices.DeleteFunc(slices.Clone(c.members), func(mm *member) bool { return mm == m })
-	admin := newTLSClient(t, c.clientTLS, rest[0].client)
+	admin := newTLSClient(t, c.clientTLS, endpointsOfList(rest)...)
 	id := memberID(t, c, m)
 	reconfigure(t, "remove "+m.name, func(ctx context.Context) error {
 		_, err := admin.MemberRemove(ctx, id)
 		return err
-	})
+	}, func(err error) bool { return strings.Contains(err.Error(), "member not found") })
 	m.proc.kill()
 	c.members = rest
+	c.waitReady(t, rest) // the next change waits for the election a leader's leaving starts
 }
 
 // namesInStatus returns the member names /status gives, and whether every endpoint came from
