@@ -63,16 +63,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	// The first SIGINT or SIGTERM stops accepting and drains; a second one ends the drain at once.
+	// The handlers stay until the process exits: a signal that comes after run returns must
+	// not kill with a signal a gateway that stopped cleanly (systemd would call that a failure).
 	stopSignals := make(chan os.Signal, 2)
 	signal.Notify(stopSignals, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(stopSignals)
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	// SIGHUP reads --endpoints-file again; without one it does nothing, and never ends the
 	// gateway (its default action), which would drop every connection on a reload.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	// Until the gateway is built, a stop signal cancels its start-up (DNS look-ups included).
 	starting, signalledEarly := make(chan struct{}), make(chan bool, 1)
 	go func() {

@@ -206,6 +206,27 @@ func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	}
 }
 
+// Stop signals that keep coming while the gateway stops, up to its very exit, never kill it:
+// it exits 0, as systemd expects of a unit stopped twice.
+func TestStopSignalsUntilTheExitStillExitZero(t *testing.T) {
+	backend := testnet.Echo(t)
+	for range 5 {
+		p := startProcess(t, 0, freeAddr(t), "--endpoints="+backend.Addr(), "--shutdown-timeout=1s")
+	signals:
+		for {
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.done:
+				break signals
+			case <-time.After(50 * time.Microsecond):
+			}
+		}
+		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Fatalf("exit status %d with SIGTERMs until the exit, want 0; stderr: %s", code, p.stderr)
+		}
+	}
+}
+
 // Under a low descriptor limit, more clients than it can hold make accept fail with EMFILE:
 // the gateway serves what it can hold, backs off, keeps running, and serves normally once
 // they leave.
