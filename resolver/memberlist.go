@@ -259,6 +259,11 @@ type listedMember struct {
 	IsLearner  bool            `json:"isLearner"`
 }
 
+// id parses the member's ID: a uint64 the JSON gateway writes as a string.
+func (lm listedMember) id() (uint64, error) {
+	return strconv.ParseUint(strings.Trim(string(lm.ID), `"`), 10, 64)
+}
+
 // memberList is the answer of POST /v3/cluster/member/list.
 type memberList struct {
 	Members []listedMember `json:"members"`
@@ -292,7 +297,7 @@ func ListMembers(ctx context.Context, ep Endpoint, scheme Scheme, tlsCfg MemberT
 	}
 	var out []ListedMember
 	for _, lm := range list.Members {
-		id, _ := strconv.ParseUint(strings.Trim(string(lm.ID), `"`), 10, 64)
+		id, _ := lm.id()
 		out = append(out, ListedMember{Name: lm.Name, ID: id, ClientURLs: lm.ClientURLs, Learner: lm.IsLearner})
 	}
 	return out, nil
@@ -379,7 +384,7 @@ func (run *memberListRun) admit(ctx context.Context, list memberList) ([]Endpoin
 	var candidates []candidate
 	parsed := 0
 	for _, lm := range list.Members {
-		id, err := strconv.ParseUint(strings.Trim(string(lm.ID), `"`), 10, 64)
+		id, err := lm.id()
 		if err != nil {
 			continue
 		}
