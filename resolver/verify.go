@@ -14,7 +14,7 @@ import (
 func LoadRoots(caFile string) (*x509.CertPool, error) {
 	pem, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("--trusted-ca-file: %v", err)
+		return nil, fmt.Errorf("--trusted-ca-file: %v; give the path of the CA certificate (PEM) that signed the members' certificates", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(pem) {
