@@ -65,9 +65,11 @@ demo: build etcd
 haproxy:
 	@command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy; }
 
-## bench: speed and footprint against direct connections, etcd's gateway and HAProxy, in one run
+## bench: speed and footprint against direct connections, etcd's gateway and HAProxy, in one run;
+## BASELINE=path/to/an/earlier/etcd-gateway adds that build to the same run
+BASELINE ?=
 bench: build etcd haproxy
-	cd bench && $(GO) run ./run -suite forward -gateway ../bin/etcd-gateway -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy)
+	cd bench && $(GO) run ./run -suite forward -gateway ../bin/etcd-gateway -baseline "$(BASELINE)" -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy)
 
 ## bench-faults: member faults against etcd-gateway, etcd's gateway and HAProxy, in one run
 bench-faults: build etcd haproxy

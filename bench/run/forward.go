@@ -22,8 +22,19 @@ type forwardCandidate struct {
 	start func(addr string, endpoints []string) (*process, error) // nil: direct
 }
 
-func forwardCandidates(gateway, etcd, haproxy, work string) []forwardCandidate {
-	return []forwardCandidate{
+// baselineName is the candidate of -baseline: an earlier build of etcd-gateway, measured in the
+// same run so that a change to the data path is judged against what it replaces.
+const baselineName = "etcd-gateway (baseline)"
+
+func forwardCandidates(gateway, baseline, etcd, haproxy, work string) []forwardCandidate {
+	startGateway := func(bin string) func(addr string, eps []string) (*process, error) {
+		return func(addr string, eps []string) (*process, error) {
+			// The echo servers speak no HTTP: probe them as HAProxy does, by TCP.
+			return start(bin, "start", "--listen-addr="+addr, "--endpoints="+strings.Join(eps, ","),
+				"--health-check=tcp", "--log-level=error")
+		}
+	}
+	candidates := []forwardCandidate{
 		{name: "direct"},
 		{"etcd gateway", func(addr string, eps []string) (*process, error) {
 			return start(etcd, "gateway", "start", "--listen-addr="+addr, "--endpoints="+strings.Join(eps, ","))
@@ -41,12 +52,12 @@ func forwardCandidates(gateway, etcd, haproxy, work string) []forwardCandidate {
 			}
 			return start(haproxy, "-db", "-f", cfg)
 		}},
-		{"etcd-gateway", func(addr string, eps []string) (*process, error) {
-			// The echo servers speak no HTTP: probe them as HAProxy does, by TCP.
-			return start(gateway, "start", "--listen-addr="+addr, "--endpoints="+strings.Join(eps, ","),
-				"--health-check=tcp", "--log-level=error")
-		}},
+		{"etcd-gateway", startGateway(gateway)},
 	}
+	if baseline != "" {
+		candidates = append(candidates, forwardCandidate{baselineName, startGateway(baseline)})
+	}
+	return candidates
 }
 
 // results holds every repetition of every figure: results[metric][candidate].
@@ -108,15 +119,18 @@ var forwardMetrics = []metric{
 	{"binary size", "MiB"},
 }
 
-func runForward(gateway, etcd, haproxy, work string, reps int) {
+func runForward(gateway, baseline, etcd, haproxy, work, parts string, reps int) {
 	echoes, echoProc, err := startEchoes()
 	if err != nil {
 		fail(err)
 	}
 	defer echoProc.kill()
 	r := results{}
-	candidates := forwardCandidates(gateway, etcd, haproxy, work)
+	candidates := forwardCandidates(gateway, baseline, etcd, haproxy, work)
 	for rep := range reps {
+		if !strings.Contains(parts, "raw") {
+			break
+		}
 		for _, c := range candidates {
 			fmt.Fprintf(os.Stderr, "raw forwarding, %s, repetition %d\n", c.name, rep+1)
 			if err := measureRaw(r, c, echoes, rep == 0); err != nil {
@@ -130,6 +144,9 @@ func runForward(gateway, etcd, haproxy, work string, reps int) {
 	}
 	defer cl.stop()
 	for rep := range reps {
+		if !strings.Contains(parts, "etcd") {
+			break
+		}
 		for _, c := range candidates {
 			fmt.Fprintf(os.Stderr, "etcd workloads, %s, repetition %d\n", c.name, rep+1)
 			if err := measureEtcd(r, c, cl.endpoints()); err != nil {
@@ -139,6 +156,9 @@ func runForward(gateway, etcd, haproxy, work string, reps int) {
 	}
 	if fi, err := os.Stat(gateway); err == nil {
 		r.add("binary size", "etcd-gateway", float64(fi.Size())/(1<<20))
+	}
+	if fi, err := os.Stat(baseline); baseline != "" && err == nil {
+		r.add("binary size", baselineName, float64(fi.Size())/(1<<20))
 	}
 	if fi, err := os.Stat(etcd); err == nil {
 		r.add("binary size", "etcd gateway", float64(fi.Size())/(1<<20))

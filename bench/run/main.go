@@ -30,6 +30,8 @@ func main() {
 	gateway := flag.String("gateway", "bin/etcd-gateway", "etcd-gateway binary")
 	etcd := flag.String("etcd", "e2e/bin/etcd", "etcd binary (also etcd's gateway)")
 	haproxy := flag.String("haproxy", "haproxy", "HAProxy binary")
+	parts := flag.String("parts", "raw,etcd", "forward: which workloads to run: raw forwarding, etcd, or both")
+	baseline := flag.String("baseline", "", "forward: an earlier etcd-gateway binary to measure in the same run")
 	window := flag.Duration("window", 12*time.Second, "faults: how long each fault lasts under load")
 	only := flag.String("only", "", "faults: run only the scenarios whose name contains this")
 	reps := flag.Int("reps", 3, "forward: repetitions of each measurement (the median is shown)")
@@ -44,7 +46,7 @@ func main() {
 	case "faults":
 		runFaults(*gateway, *etcd, *haproxy, work, *window, *only)
 	case "forward":
-		runForward(*gateway, *etcd, *haproxy, work, *reps)
+		runForward(*gateway, *baseline, *etcd, *haproxy, work, *parts, *reps)
 	case "echo":
 		serveEcho(strings.Split(*listen, ","))
 	default:
