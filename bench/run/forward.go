@@ -60,6 +60,18 @@ func forwardCandidates(gateway, baseline, etcd, haproxy, work string) []forwardC
 	return candidates
 }
 
+// inTurn returns the candidates in the order of repetition rep: as listed, then reversed, and
+// so on. The machine's state drifts while a run goes on (etcd's, the page cache's), and a
+// fixed order let the same build, measured twice in one run, differ by 6 % on etcd gets
+// depending on its place.
+func inTurn(candidates []forwardCandidate, rep int) []forwardCandidate {
+	out := slices.Clone(candidates)
+	if rep%2 == 1 {
+		slices.Reverse(out)
+	}
+	return out
+}
+
 // results holds every repetition of every figure: results[metric][candidate].
 type results map[string]map[string][]float64
 
@@ -131,7 +143,7 @@ func runForward(gateway, baseline, etcd, haproxy, work, parts string, reps int) 
 		if !strings.Contains(parts, "raw") {
 			break
 		}
-		for _, c := range candidates {
+		for _, c := range inTurn(candidates, rep) {
 			fmt.Fprintf(os.Stderr, "raw forwarding, %s, repetition %d\n", c.name, rep+1)
 			if err := measureRaw(r, c, echoes, rep == 0); err != nil {
 				fmt.Fprintf(os.Stderr, "  %s: %v\n", c.name, err)
@@ -147,7 +159,7 @@ func runForward(gateway, baseline, etcd, haproxy, work, parts string, reps int) 
 		if !strings.Contains(parts, "etcd") {
 			break
 		}
-		for _, c := range candidates {
+		for _, c := range inTurn(candidates, rep) {
 			fmt.Fprintf(os.Stderr, "etcd workloads, %s, repetition %d\n", c.name, rep+1)
 			if err := measureEtcd(r, c, cl.endpoints()); err != nil {
 				fmt.Fprintf(os.Stderr, "  %s: %v\n", c.name, err)
