@@ -131,45 +131,67 @@ var forwardMetrics = []metric{
 	{"binary size", "MiB"},
 }
 
+// forwardParts parses -parts: "raw", "etcd", or both, comma-separated.
+func forwardParts(spec string) (raw, etcd bool, err error) {
+	for part := range strings.SplitSeq(spec, ",") {
+		switch strings.TrimSpace(part) {
+		case "raw":
+			raw = true
+		case "etcd":
+			etcd = true
+		default:
+			return false, false, fmt.Errorf("-parts=%q: give raw, etcd, or raw,etcd", spec)
+		}
+	}
+	return raw, etcd, nil
+}
+
 func runForward(gateway, baseline, etcd, haproxy, work, parts string, reps int) {
-	echoes, echoProc, err := startEchoes()
+	runRaw, runEtcd, err := forwardParts(parts)
 	if err != nil {
 		fail(err)
 	}
-	defer echoProc.kill()
+	if baseline != "" {
+		if _, err := os.Stat(baseline); err != nil {
+			fail(fmt.Errorf("-baseline: %v; give the path of an etcd-gateway binary, or leave it out", err))
+		}
+	}
 	r := results{}
 	candidates := forwardCandidates(gateway, baseline, etcd, haproxy, work)
-	for rep := range reps {
-		if !strings.Contains(parts, "raw") {
-			break
+	if runRaw {
+		echoes, echoProc, err := startEchoes()
+		if err != nil {
+			fail(err)
 		}
-		for _, c := range inTurn(candidates, rep) {
-			fmt.Fprintf(os.Stderr, "raw forwarding, %s, repetition %d\n", c.name, rep+1)
-			if err := measureRaw(r, c, echoes, rep == 0); err != nil {
-				fmt.Fprintf(os.Stderr, "  %s: %v\n", c.name, err)
+		defer echoProc.kill()
+		for rep := range reps {
+			for _, c := range inTurn(candidates, rep) {
+				fmt.Fprintf(os.Stderr, "raw forwarding, %s, repetition %d\n", c.name, rep+1)
+				if err := measureRaw(r, c, echoes, rep == 0); err != nil {
+					fmt.Fprintf(os.Stderr, "  %s: %v\n", c.name, err)
+				}
 			}
 		}
 	}
-	cl, err := startCluster(etcd)
-	if err != nil {
-		fail(err)
-	}
-	defer cl.stop()
-	for rep := range reps {
-		if !strings.Contains(parts, "etcd") {
-			break
+	if runEtcd {
+		cl, err := startCluster(etcd)
+		if err != nil {
+			fail(err)
 		}
-		for _, c := range inTurn(candidates, rep) {
-			fmt.Fprintf(os.Stderr, "etcd workloads, %s, repetition %d\n", c.name, rep+1)
-			if err := measureEtcd(r, c, cl.endpoints()); err != nil {
-				fmt.Fprintf(os.Stderr, "  %s: %v\n", c.name, err)
+		defer cl.stop()
+		for rep := range reps {
+			for _, c := range inTurn(candidates, rep) {
+				fmt.Fprintf(os.Stderr, "etcd workloads, %s, repetition %d\n", c.name, rep+1)
+				if err := measureEtcd(r, c, cl.endpoints()); err != nil {
+					fmt.Fprintf(os.Stderr, "  %s: %v\n", c.name, err)
+				}
 			}
 		}
 	}
 	if fi, err := os.Stat(gateway); err == nil {
 		r.add("binary size", "etcd-gateway", float64(fi.Size())/(1<<20))
 	}
-	if fi, err := os.Stat(baseline); baseline != "" && err == nil {
+	if fi, err := os.Stat(baseline); err == nil {
 		r.add("binary size", baselineName, float64(fi.Size())/(1<<20))
 	}
 	if fi, err := os.Stat(etcd); err == nil {

@@ -98,7 +98,7 @@ func runFaults(gateway, etcd, haproxy, work string, window time.Duration, only s
 }
 
 func fail(err error) {
-	fmt.Fprintln(os.Stderr, "faults:", err)
+	fmt.Fprintln(os.Stderr, "bench:", err)
 	os.Exit(1)
 }
 
