@@ -1,7 +1,8 @@
 // Package dialer picks an etcd member for each client connection and dials it. It reads the
-// health Snapshot without locks, goes round robin over the available endpoints, bounds every
-// dial with a timeout, and on a failed dial reports the endpoint to the health Manager without
-// waiting and moves on to the next one within the same client connection.
+// health Snapshot without locks, picks the least loaded of the available endpoints (relative
+// to their SRV weights, counted from the moment a dial starts), bounds every dial with a
+// timeout, and on a failed dial reports the endpoint to the health Manager without waiting and
+// moves on to the next one within the same client connection.
 package dialer
 
 import (
@@ -54,38 +55,41 @@ func New(table *health.Table, reports health.Reports, reprobe health.Reprobe, ti
 	}
 }
 
-// Dial connects to an endpoint in rotation (healthy, or degraded while none is healthy) chosen
-// per RFC 2782: the lowest priority first, weighted within it (round robin when all weights
-// are 0). When that endpoint fails it tries the rest of its priority, then the next priority.
+// Dial connects to an endpoint in rotation (healthy, or degraded while none is healthy): the
+// lowest RFC 2782 priority first, and within it the endpoint with the fewest connections
+// relative to its weight (equal shares when all weights are 0), ties round robin; a member
+// just back takes new connections at a bounded rate for a while. The connection is counted
+// on the endpoint's Load from the moment its dial starts; the caller calls the returned Load's
+// Done when the connection ends. When that endpoint fails it tries the rest of its priority,
+// then the next priority.
 // When none is in rotation, or all of them fail, it tries every other known endpoint as the
 // last resort. While no endpoint is healthy it asks for an immediate re-probe, and while none
 // is even degraded it holds the client for up to the dial timeout waiting for one. Until the
 // first endpoint set is known it waits for one for up to the dial timeout.
-func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
 	snap, err := d.waitUntil(ctx, knowsEndpoints) // at start-up, before the first set
 	if err != nil {
-		return nil, resolver.Endpoint{}, err
+		return nil, resolver.Endpoint{}, nil, err
 	}
 	if !knowsEndpoints(snap) {
-		return nil, resolver.Endpoint{}, fmt.Errorf("no endpoint known yet: %w", ErrNoEndpoint)
+		return nil, resolver.Endpoint{}, nil, fmt.Errorf("no endpoint known yet: %w", ErrNoEndpoint)
 	}
 	if snap.HealthyCount() == 0 {
 		d.reprobe.Offer()
 		if snap, err = d.waitUntil(ctx, hasRotation); err != nil {
-			return nil, resolver.Endpoint{}, err
+			return nil, resolver.Endpoint{}, nil, err
 		}
 	}
 	cursor := snap.Next()
 	tiers := snap.Tiers()
 	for ti := range tiers {
 		tier := &tiers[ti]
-		eps := tier.Endpoints()
-		first := tier.Pick(cursor)
+		eps, loads := tier.Endpoints(), tier.Loads()
+		first := tier.Pick(cursor, d.now)
 		for i := range eps {
-			ep := eps[(first+i)%len(eps)]
-			c, err := d.dialOne(ctx, ep, false)
-			if c != nil || err != nil {
-				return c, ep, err
+			k := (first + i) % len(eps)
+			if c, err := d.dialCounted(ctx, eps[k], loads[k], false); c != nil || err != nil {
+				return c, eps[k], loads[k], err
 			}
 		}
 	}
@@ -94,12 +98,23 @@ func (d *Dialer) Dial(ctx context.Context) (*net.TCPConn, resolver.Endpoint, err
 		if slices.Contains(available, ep) {
 			continue
 		}
-		c, err := d.dialOne(ctx, ep, true)
-		if c != nil || err != nil {
-			return c, ep, err
+		load := snap.LoadOf(ep)
+		if c, err := d.dialCounted(ctx, ep, load, true); c != nil || err != nil {
+			return c, ep, load, err
 		}
 	}
-	return nil, resolver.Endpoint{}, ErrNoEndpoint
+	return nil, resolver.Endpoint{}, nil, ErrNoEndpoint
+}
+
+// dialCounted is dialOne with the attempt counted on load, which keeps counting the
+// connection it returns.
+func (d *Dialer) dialCounted(ctx context.Context, ep resolver.Endpoint, load *health.Load, lastResort bool) (*net.TCPConn, error) {
+	load.Start()
+	c, err := d.dialOne(ctx, ep, lastResort)
+	if c == nil {
+		load.Done()
+	}
+	return c, err
 }
 
 // dialOne dials ep. It returns a connection, or an error that ends the attempt for this client

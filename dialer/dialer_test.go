@@ -87,10 +87,11 @@ func named(t *testing.T, n int) []string {
 // greeting dials through d and returns the name the backend greeted with.
 func greeting(t *testing.T, d *dialer.Dialer) string {
 	t.Helper()
-	c, _, err := d.Dial(context.Background())
+	c, _, load, err := d.Dial(context.Background())
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}
+	defer load.Done()
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(defaultTestTimeout))
 	line, err := bufio.NewReader(c).ReadString('\n')
@@ -100,7 +101,8 @@ func greeting(t *testing.T, d *dialer.Dialer) string {
 	return line[:len(line)-1]
 }
 
-func TestRoundRobinSpreadsEvenly(t *testing.T) {
+// With equal loads, least-loaded picking is round robin.
+func TestEqualLoadsGoRoundRobin(t *testing.T) {
 	f := start(t, time.Second, time.Minute, named(t, 3)...)
 	counts := map[string]int{}
 	var order []string
@@ -187,7 +189,7 @@ func TestNothingHealthyReprobesAndHoldsTheClient(t *testing.T) {
 
 func TestNoEndpointReachable(t *testing.T) {
 	f := start(t, 200*time.Millisecond, time.Hour, testnet.ClosedPort(t), testnet.ClosedPort(t))
-	c, _, err := f.dialer.Dial(context.Background())
+	c, _, _, err := f.dialer.Dial(context.Background())
 	if c != nil || !errors.Is(err, dialer.ErrNoEndpoint) {
 		t.Fatalf("Dial = %v, %v; want ErrNoEndpoint", c, err)
 	}
@@ -203,7 +205,7 @@ func mustEndpoint(t *testing.T, addr string) resolver.Endpoint {
 
 func TestBackendConnectionHasKeepAlive(t *testing.T) {
 	f := start(t, time.Second, time.Minute, testnet.Echo(t).Addr())
-	c, _, err := f.dialer.Dial(context.Background())
+	c, _, _, err := f.dialer.Dial(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

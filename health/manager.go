@@ -16,6 +16,17 @@ import (
 // cluster that has just lost quorum is not flooded with /readyz from every host's gateway.
 const reprobeGap = 250 * time.Millisecond
 
+// A member that keeps coming back and failing is held out of rotation for a while each time it
+// answers again, so that least-connections does not send new clients to a member that crashes
+// again a second later: its first return within returnWindow is taken at once, each later one
+// is held for holdBase, doubled for every return before it, up to holdMax. The hold applies
+// only while another member is healthy.
+const (
+	returnWindow = 5 * time.Minute
+	holdBase     = 2 * time.Second
+	holdMax      = time.Minute
+)
+
 // Manager is the single writer of the Table. It follows the resolver's latest endpoint set,
 // runs one Prober per endpoint in a supervisor of its own, and turns Reports from the dialer
 // and the probers into new Snapshots, logging each transition once. It alone counts rise and
@@ -78,15 +89,20 @@ func (m *Manager) String() string { return "health/manager" }
 
 // member is the Manager's per-run state of one endpoint.
 type member struct {
-	ep       resolver.Endpoint
-	state    State
-	reason   string // why it is not healthy
-	streak   streak
-	changed  time.Time     // when the state last changed in this run
-	gen      uint64        // of its current prober
-	probeNow chan struct{} // asks the prober to probe at once
-	asked    time.Time     // when a probe was last asked for on a client's behalf
-	token    suture.ServiceToken
+	ep      resolver.Endpoint
+	state   State
+	reason  string // why it is not healthy
+	streak  streak
+	changed time.Time // when the state last changed; zero when before this gateway knew
+	// While down: whether its last probe found it answering, its recent returns (answers after
+	// a failure), and until when the last one is held out of rotation.
+	answering bool
+	returns   []time.Time
+	heldUntil time.Time
+	gen       uint64        // of its current prober
+	probeNow  chan struct{} // asks the prober to probe at once
+	asked     time.Time     // when a probe was last asked for on a client's behalf
+	token     suture.ServiceToken
 }
 
 // run is the state of one Serve call; a restarted Manager starts a new run from the Table.
@@ -151,6 +167,7 @@ func (r *run) follow(set []resolver.Endpoint) {
 		return
 	}
 	prev := r.m.table.Load()
+	adding := len(prev.Known()) > 0 // a member added to a set that serves: slow start
 	keep := make(map[resolver.HostPort]bool, len(set))
 	for _, ep := range set {
 		keep[ep.HostPort()] = true
@@ -160,6 +177,7 @@ func (r *run) follow(set []resolver.Endpoint) {
 			_ = r.probers.Remove(mb.token) // fails only once the probers are stopping
 			delete(r.members, hp)
 			r.m.table.forgetProbes(hp)
+			r.m.table.forgetLoad(hp)
 		}
 	}
 	for _, ep := range set {
@@ -171,7 +189,11 @@ func (r *run) follow(set []resolver.Endpoint) {
 			if !known {
 				state = Healthy
 			}
-			mb = &member{ep: ep, state: state, reason: prev.Reason(ep), probeNow: make(chan struct{}, 1)}
+			mb = &member{ep: ep, state: state, reason: prev.Reason(ep), changed: prev.Since(ep), probeNow: make(chan struct{}, 1)}
+			if !known && adding {
+				mb.changed = r.m.now()
+				r.m.table.loadOf(hp).beginSlowStart(mb.changed)
+			}
 			r.members[hp] = mb
 			r.startProber(mb)
 		case mb.ep.TLS != ep.TLS || mb.ep.Target != ep.Target:
@@ -218,6 +240,9 @@ func (r *run) record(rep Report) {
 		if rep.At.Before(mb.changed) {
 			return // begun before newer evidence changed the state: it does not undo it
 		}
+		if mb.state == Down && r.holdsDown(mb, rep) {
+			return
+		}
 		next = mb.streak.observe(mb.state, rep.State, r.m.probe.Rise, r.m.probe.Fall)
 	case HeartbeatsLost, DialRefused:
 		next = Down
@@ -231,6 +256,11 @@ func (r *run) record(rep Report) {
 	}
 	old := mb.state
 	mb.state, mb.reason, mb.changed = next, rep.Reason, r.m.now()
+	if next == Down {
+		mb.answering = false
+	} else if old == Down && r.m.table.Load().HealthyCount() > 0 {
+		r.m.table.loadOf(hp).beginSlowStart(mb.changed)
+	}
 	r.m.log.Info("endpoint state changed",
 		zap.Stringer("endpoint", rep.Endpoint),
 		zap.Stringer("from", old),
@@ -238,6 +268,33 @@ func (r *run) record(rep Report) {
 		zap.String("reason", rep.Reason),
 		zap.Stringer("evidence", rep.Evidence))
 	r.publish()
+}
+
+// holdsDown reports whether the probe rep of mb, a down member, must not count because mb is
+// held out of rotation: it keeps coming back while other members serve. Each answer after a
+// failure is a return; the first within returnWindow is taken at once.
+func (r *run) holdsDown(mb *member, rep Report) bool {
+	wasAnswering := mb.answering
+	mb.answering = rep.State > Down
+	if !mb.answering || r.m.table.Load().HealthyCount() == 0 {
+		return false // a failure counts as usual; with nothing healthy, any member is welcome
+	}
+	now := r.m.now()
+	if !wasAnswering {
+		mb.returns = slices.DeleteFunc(mb.returns, func(at time.Time) bool { return now.Sub(at) > returnWindow })
+		earlier := len(mb.returns)
+		mb.returns = append(mb.returns, now)
+		if earlier == 0 {
+			mb.heldUntil = time.Time{}
+			return false
+		}
+		hold := min(holdBase<<min(earlier-1, 16), holdMax)
+		mb.heldUntil = now.Add(hold)
+		r.m.log.Info("endpoint answers again but keeps failing; held out of rotation",
+			zap.Stringer("endpoint", mb.ep), zap.Int("returns", earlier+1), zap.Duration("window", returnWindow),
+			zap.Duration("hold", hold))
+	}
+	return now.Before(mb.heldUntil)
 }
 
 // recordProbe keeps a probe's outcome as the member's last probe, and logs once what it found
@@ -294,11 +351,14 @@ func (r *run) askProbe(mb *member, force bool) bool {
 func (r *run) publish() {
 	states := make([]State, len(r.set))
 	reasons := make([]string, len(r.set))
+	since := make([]time.Time, len(r.set))
+	loads := make([]*Load, len(r.set))
 	for i, ep := range r.set {
 		mb := r.members[ep.HostPort()]
-		states[i], reasons[i] = mb.state, mb.reason
+		states[i], reasons[i], since[i] = mb.state, mb.reason, mb.changed
+		loads[i] = r.m.table.loadOf(ep.HostPort())
 	}
-	snap := NewSnapshot(r.set, states, reasons)
+	snap := newSnapshot(r.set, states, reasons, since, loads)
 	if was, is := r.m.table.Load().Rotation(), snap.Rotation(); was != is && was != RotationNone {
 		switch is {
 		case RotationDegraded:

@@ -13,13 +13,15 @@ import (
 
 // ProbeConfig is how every endpoint is probed.
 type ProbeConfig struct {
-	Mode       CheckMode     // --health-check
-	Interval   time.Duration // --health-interval: between probes of a healthy or degraded endpoint
-	Timeout    time.Duration // --health-timeout: bound of each probe
-	RetryDelay time.Duration // --retry-delay: between probes of a down endpoint while others are healthy
-	Rise       int           // consecutive better results before the state improves
-	Fall       int           // consecutive worse results before the state worsens
-	TLS        TLSConfig     // for members that serve TLS
+	Mode     CheckMode     // --health-check
+	Interval time.Duration // --health-interval: between probes of a healthy or degraded endpoint
+	Timeout  time.Duration // --health-timeout: bound of each probe
+	// RetryDelay (--retry-delay) caps the backoff between probes of a down endpoint while others
+	// are healthy (see downProbeGap).
+	RetryDelay time.Duration
+	Rise       int       // consecutive better results before the state improves
+	Fall       int       // consecutive worse results before the state worsens
+	TLS        TLSConfig // for members that serve TLS
 	// Heartbeat is the period of the liveness heartbeat between two probes of a member that is
 	// not down (GET /version, which costs etcd no storage access), sent while the gateway
 	// forwards any connection; 0 turns it off. Two heartbeats in a row without an answer within
@@ -36,9 +38,23 @@ const heartbeatMisses = 2
 // after that many in a row the prober waits its interval as usual.
 const lateRetries = 3
 
+// fastReturnWindow is how long a down member is still probed every interval while others
+// serve: a member restarted within it is back in rotation within an interval of answering.
+const fastReturnWindow = time.Minute
+
+// downProbeGap is the time between two probes of a member that has been down for downFor
+// while others are healthy: the interval during the first minute, so that a restarted member
+// is back within seconds, then the time it has been down beyond that minute, so that the gap
+// doubles from probe to probe; always capped by the retry delay: a member gone for good costs
+// one probe per retry delay within a few minutes.
+func downProbeGap(downFor, interval, retryDelay time.Duration) time.Duration {
+	return min(max(interval, downFor-fastReturnWindow), retryDelay)
+}
+
 // Prober probes one endpoint and reports every verdict to the Manager, which alone decides the
-// endpoint's state. A down endpoint is probed every retry delay while others are healthy, and
-// every interval while none is, so the gateway serves again as soon as any member is back. It
+// endpoint's state. A down endpoint is probed again soon while others are healthy, backing off
+// toward the retry delay (downProbeGap), and every interval while none is healthy, so the
+// gateway serves again as soon as any member is back. It
 // is a suture service and keeps no state across restarts: it reads the endpoint's state from
 // the Table, which the Manager writes.
 type Prober struct {
@@ -122,7 +138,11 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 		state, _ := snap.State(p.ep)
 		every := p.cfg.Interval
 		if state == Down && snap.HealthyCount() > 0 {
-			every = p.cfg.RetryDelay
+			downFor := fastReturnWindow + p.cfg.RetryDelay // since before this gateway knew
+			if since := snap.Since(p.ep); !since.IsZero() {
+				downFor = p.now().Sub(since)
+			}
+			every = downProbeGap(downFor, p.cfg.Interval, p.cfg.RetryDelay)
 		}
 		left := began.Add(every).Sub(p.now())
 		if left <= 0 {

@@ -17,7 +17,9 @@ import (
 type Snapshot struct {
 	known     []resolver.Endpoint
 	states    []State
-	reasons   []string // why known[i] is not healthy
+	reasons   []string    // why known[i] is not healthy
+	since     []time.Time // when known[i] entered its state; zero when not known
+	loads     []*Load     // the connections to known[i]
 	healthy   int
 	best      State
 	available []resolver.Endpoint
@@ -29,16 +31,30 @@ type Snapshot struct {
 // NewSnapshot builds a Snapshot of known (sorted by priority, one per address) whose states[i]
 // is the state of known[i] and reasons[i] why it is not healthy; reasons may be nil. Its cursor
 // starts at a random index so that gateways restarted together do not all pick the same member
-// first.
+// first. Each endpoint gets a Load of its own; the Manager's snapshots share the Table's.
 func NewSnapshot(known []resolver.Endpoint, states []State, reasons []string) *Snapshot {
+	loads := make([]*Load, len(known))
+	for i := range loads {
+		loads[i] = &Load{}
+	}
+	return newSnapshot(known, states, reasons, nil, loads)
+}
+
+// newSnapshot is NewSnapshot with when each endpoint entered its state (may be nil) and the
+// Loads that count its connections.
+func newSnapshot(known []resolver.Endpoint, states []State, reasons []string, since []time.Time, loads []*Load) *Snapshot {
 	s := &Snapshot{
 		known:   slices.Clone(known),
 		states:  slices.Clone(states),
 		reasons: make([]string, len(known)),
+		since:   make([]time.Time, len(known)),
+		loads:   slices.Clone(loads),
 		best:    Down,
 		changed: make(chan struct{}),
 	}
 	copy(s.reasons, reasons)
+	copy(s.since, since)
+	var availableLoads []*Load
 	for _, st := range states {
 		if st == Healthy {
 			s.healthy++
@@ -48,9 +64,10 @@ func NewSnapshot(known []resolver.Endpoint, states []State, reasons []string) *S
 	for i, ep := range s.known {
 		if s.states[i] == s.best && s.best > Down {
 			s.available = append(s.available, ep)
+			availableLoads = append(availableLoads, s.loads[i])
 		}
 	}
-	s.tiers = buildTiers(s.available)
+	s.tiers = buildTiers(s.available, availableLoads)
 	s.cursor.Store(rand.Uint32())
 	return s
 }
@@ -80,6 +97,26 @@ func (s *Snapshot) Reason(ep resolver.Endpoint) string {
 		return ""
 	}
 	return s.reasons[i]
+}
+
+// Since returns when the endpoint at ep's address entered its current state; zero when it
+// has been in it since before this gateway knew.
+func (s *Snapshot) Since(ep resolver.Endpoint) time.Time {
+	i := s.index(ep.HostPort())
+	if i < 0 {
+		return time.Time{}
+	}
+	return s.since[i]
+}
+
+// LoadOf returns the Load that counts the connections to ep's address, nil when none is known
+// there.
+func (s *Snapshot) LoadOf(ep resolver.Endpoint) *Load {
+	i := s.index(ep.HostPort())
+	if i < 0 {
+		return nil
+	}
+	return s.loads[i]
 }
 
 // HealthyCount returns how many endpoints are healthy.
@@ -128,13 +165,15 @@ func (s *Snapshot) Next() uint32 { return s.cursor.Add(1) }
 // Changed is closed when a newer Snapshot replaces this one.
 func (s *Snapshot) Changed() <-chan struct{} { return s.changed }
 
-// Table holds the current Snapshot and the last probe of every endpoint. Its readers are on
-// any goroutine; its only writer is the Manager. Last probes are kept apart from the Snapshot:
-// a probe that changes no state must not wake everyone waiting for a change.
+// Table holds the current Snapshot, the last probe of every endpoint and the Load of every
+// address. Its readers are on any goroutine; its only writer is the Manager. Last probes are
+// kept apart from the Snapshot: a probe that changes no state must not wake everyone waiting
+// for a change.
 type Table struct {
 	cur    atomic.Pointer[Snapshot]
-	probes sync.Map // resolver.HostPort → *Probe
-	probed wakeup   // fired when a probe is recorded
+	loads  map[resolver.HostPort]*Load // written by the Manager only, which hands them to snapshots
+	probes sync.Map                    // resolver.HostPort → *Probe
+	probed wakeup                      // fired when a probe is recorded
 }
 
 // Probe is the outcome of one probe of an endpoint.
@@ -166,9 +205,27 @@ func (t *Table) recordProbe(hp resolver.HostPort, p Probe) {
 
 func (t *Table) forgetProbes(hp resolver.HostPort) { t.probes.Delete(hp) }
 
+// loadOf returns the Load of hp, creating it. The Manager alone calls it.
+func (t *Table) loadOf(hp resolver.HostPort) *Load {
+	l := t.loads[hp]
+	if l == nil {
+		l = &Load{}
+		t.loads[hp] = l
+	}
+	return l
+}
+
+// forgetLoad drops the Load of an address that has left the set, unless connections to it are
+// still counted: a member that comes back while they last keeps counting them.
+func (t *Table) forgetLoad(hp resolver.HostPort) {
+	if l := t.loads[hp]; l != nil && l.Active() <= 0 {
+		delete(t.loads, hp)
+	}
+}
+
 // NewTable returns a Table holding an empty Snapshot.
 func NewTable() *Table {
-	t := &Table{}
+	t := &Table{loads: make(map[resolver.HostPort]*Load)}
 	t.cur.Store(NewSnapshot(nil, nil, nil))
 	return t
 }

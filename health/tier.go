@@ -1,77 +1,111 @@
 package health
 
 import (
-	"math/rand/v2"
-	"slices"
+	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
-// Tier is the available endpoints of one SRV priority, prepared for RFC 2782 selection:
-// weight-0 endpoints first, then the weighted ones with the running sum of their weights.
+// Tier is the available endpoints of one SRV priority, prepared for least-loaded selection:
+// each endpoint with its Load and its share of the tier's connections.
 type Tier struct {
 	eps   []resolver.Endpoint
-	zeros int      // how many weight-0 endpoints lead eps
-	cum   []uint32 // cum[i]: sum of the weights of eps[:i+1]
-	total uint32
+	loads []*Load
+	// shares[i] is eps[i]'s relative share: 1 each when every weight is 0; otherwise the
+	// weight scaled by total+1, and 1 for a weight-0 endpoint, which so takes a connection
+	// only when the weighted ones are far more loaded (RFC 2782: "a very small chance").
+	shares []uint64
+	// slowUntil is when the last slow start among eps ends; zero when none has one.
+	slowUntil time.Time
 }
 
-// buildTiers groups eps (sorted by priority) into tiers, lowest priority first.
-func buildTiers(eps []resolver.Endpoint) []Tier {
+// buildTiers groups eps (sorted by priority), whose loads[i] counts eps[i], into tiers, lowest
+// priority first.
+func buildTiers(eps []resolver.Endpoint, loads []*Load) []Tier {
 	var tiers []Tier
 	for start := 0; start < len(eps); {
 		end := start + 1
 		for end < len(eps) && eps[end].Priority == eps[start].Priority {
 			end++
 		}
-		tiers = append(tiers, newTier(eps[start:end]))
+		tiers = append(tiers, newTier(eps[start:end], loads[start:end]))
 		start = end
 	}
 	return tiers
 }
 
-func newTier(eps []resolver.Endpoint) Tier {
-	t := Tier{eps: make([]resolver.Endpoint, 0, len(eps)), cum: make([]uint32, 0, len(eps))}
+func newTier(eps []resolver.Endpoint, loads []*Load) Tier {
+	t := Tier{eps: eps, loads: loads, shares: make([]uint64, len(eps))}
+	var total uint64
 	for _, ep := range eps {
-		if ep.Weight == 0 {
-			t.eps = append(t.eps, ep)
-			t.cum = append(t.cum, 0)
-		}
+		total += uint64(ep.Weight)
 	}
-	t.zeros = len(t.eps)
-	for _, ep := range eps {
-		if ep.Weight > 0 {
-			t.total += uint32(ep.Weight)
-			t.eps = append(t.eps, ep)
-			t.cum = append(t.cum, t.total)
+	for i, ep := range eps {
+		switch {
+		case total == 0:
+			t.shares[i] = 1
+		case ep.Weight == 0:
+			t.shares[i] = 1
+		default:
+			t.shares[i] = uint64(ep.Weight) * (total + 1)
+		}
+		if until := loads[i].slowUntil(); until.After(t.slowUntil) {
+			t.slowUntil = until
 		}
 	}
 	return t
 }
 
-// Endpoints returns the tier's endpoints in selection order; Pick indexes into it.
+// Endpoints returns the tier's endpoints; Pick indexes into it.
 func (t *Tier) Endpoints() []resolver.Endpoint { return t.eps }
+
+// Loads returns the Load of each endpoint, in the order of Endpoints.
+func (t *Tier) Loads() []*Load { return t.loads }
+
+// Shares returns each endpoint's relative share of the tier's connections, in the order of
+// Endpoints.
+func (t *Tier) Shares() []uint64 { return t.shares }
 
 // Priority is the SRV priority shared by the tier's endpoints.
 func (t *Tier) Priority() uint16 { return t.eps[0].Priority }
 
-// Pick chooses an endpoint index. When every weight is 0 it is round robin on cursor;
-// otherwise it is the RFC 2782 weighted draw, in which the weight-0 endpoints share the
-// smallest chance, 1 in total+1, and take turns on cursor among themselves.
-func (t *Tier) Pick(cursor uint32) int {
-	if t.total == 0 {
-		return int(cursor % uint32(len(t.eps)))
-	}
-	if t.zeros > 0 {
-		r := rand.Uint32N(t.total + 1)
-		if r == 0 {
-			return int(cursor % uint32(t.zeros))
+// Pick chooses the endpoint index whose next connection leaves it the least loaded relative
+// to its share: the smallest (active+1)/share. Ties go to the first from cursor, so equal
+// loads are served round robin. A member in its slow start is passed over once it has had
+// its bounded number of new connections, unless every endpoint of the tier is; the clock is
+// read only while a slow start runs. The endpoint picked is granted a slow-start slot.
+func (t *Tier) Pick(cursor uint32, now func() time.Time) int {
+	var at time.Time
+	if !t.slowUntil.IsZero() {
+		if at = now(); !at.Before(t.slowUntil) {
+			at = time.Time{}
 		}
-		i, _ := slices.BinarySearch(t.cum[t.zeros:], r)
-		return t.zeros + i
 	}
-	// Without weight-0 endpoints the draw is from 1 to total, so that every endpoint gets
-	// exactly its share (the RFC's draw from 0 gives the first one an extra turn).
-	i, _ := slices.BinarySearch(t.cum, 1+rand.Uint32N(t.total))
-	return i
+	best := t.leastLoaded(cursor, at)
+	if best < 0 {
+		best = t.leastLoaded(cursor, time.Time{})
+	}
+	if !at.IsZero() {
+		t.loads[best].granted.Add(1)
+	}
+	return best
+}
+
+// leastLoaded returns the least loaded index from cursor on; with a non-zero at, it skips the
+// endpoints whose slow start admits no more at that time, and returns -1 when that is all.
+func (t *Tier) leastLoaded(cursor uint32, at time.Time) int {
+	n := len(t.eps)
+	best := -1
+	var bestNext, bestShare uint64
+	for k := range n {
+		i := int((uint64(cursor) + uint64(k)) % uint64(n))
+		if !at.IsZero() && !t.loads[i].admits(at) {
+			continue
+		}
+		next := uint64(max(t.loads[i].Active(), 0)) + 1
+		if best < 0 || next*bestShare < bestNext*t.shares[i] {
+			best, bestNext, bestShare = i, next, t.shares[i]
+		}
+	}
+	return best
 }

@@ -9,11 +9,14 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
-// DialFunc connects a client connection to a backend; *dialer.Dialer's Dial is one.
-type DialFunc func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error)
+// DialFunc connects a client connection to a backend; *dialer.Dialer's Dial is one. The Load,
+// when not nil, counts the connection, and the Forwarder calls its Done when the connection
+// ends.
+type DialFunc func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error)
 
 // Forwarder runs proxied connections: for each client it dials a backend and pipes bytes both
 // ways. It owns the goroutines of every connection and outlives restarts of the accept loop;
@@ -35,11 +38,14 @@ type Forwarder struct {
 // EndpointCounters is what the Forwarder has done with one endpoint's address since it
 // started.
 type EndpointCounters struct {
-	Active    int    // connections forwarded now
-	Total     uint64 // connections forwarded, ended or not
-	Evicted   uint64 // connections closed because the endpoint turned unhealthy
-	BytesUp   uint64 // client to endpoint
-	BytesDown uint64 // endpoint to client
+	Active  int    // connections forwarded now
+	Total   uint64 // connections forwarded, ended or not
+	Evicted uint64 // connections closed because the endpoint turned unhealthy
+	// Rebalanced counts quiet connections closed so that their clients move to a less loaded
+	// member.
+	Rebalanced uint64
+	BytesUp    uint64 // client to endpoint
+	BytesDown  uint64 // endpoint to client
 }
 
 // Counters returns the counters of every address the Forwarder has forwarded to and not
@@ -137,7 +143,7 @@ func (f *Forwarder) serve(client stream) {
 		}
 	}()
 	started := time.Now()
-	backend, ep, err := f.dial(f.ctx)
+	backend, ep, load, err := f.dial(f.ctx)
 	if err != nil {
 		client.Close()
 		if ce := f.log.Check(zap.DebugLevel, "client refused: no endpoint reachable"); ce != nil {
@@ -145,8 +151,9 @@ func (f *Forwarder) serve(client stream) {
 		}
 		return
 	}
-	p := &proxied{client: client, backend: backend, endpoint: ep, wg: &f.wg, done: func(p *proxied) {
+	p := &proxied{client: client, backend: backend, endpoint: ep, born: started, wg: &f.wg, done: func(p *proxied) {
 		f.untrack(p)
+		load.Done()
 		if ce := f.log.Check(zap.DebugLevel, "proxied connection closed"); ce != nil {
 			ce.Write(zap.Stringer("remote_addr", client.RemoteAddr()), zap.Stringer("endpoint", ep),
 				zap.Int64("bytes_up", p.up.n.Load()), zap.Int64("bytes_down", p.down.n.Load()),
@@ -155,11 +162,13 @@ func (f *Forwarder) serve(client stream) {
 	}}
 	if err := p.prepare(); err != nil {
 		p.abort()
+		load.Done()
 		f.log.Error("could not start copying; closed the connection", zap.Error(err))
 		return
 	}
 	if !f.track(p) {
 		p.abort()
+		load.Done()
 		return
 	}
 	p.start()
@@ -214,6 +223,33 @@ func (f *Forwarder) Evict(ctx context.Context, hp resolver.HostPort, spread time
 		p.abort()
 	}
 	return len(victims)
+}
+
+// liveConns appends every live connection to buf and returns it.
+func (f *Forwarder) liveConns(buf []*proxied) []*proxied {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for p := range f.live {
+		buf = append(buf, p)
+	}
+	return buf
+}
+
+// rebalance closes p, a quiet connection, so that its client reconnects to a less loaded
+// member, unless bytes moved on it since it was last sampled or it has ended. Its client and
+// its member each get a FIN: a quiet connection has no byte waiting to be read. It reports
+// whether it closed p.
+func (f *Forwarder) rebalance(p *proxied) bool {
+	f.mu.Lock()
+	_, live := f.live[p]
+	if !live || p.up.n.Load() != p.quiet.up || p.down.n.Load() != p.quiet.down {
+		f.mu.Unlock()
+		return false
+	}
+	f.countersOf(p.endpoint.HostPort()).Rebalanced++
+	f.mu.Unlock()
+	p.abort()
+	return true
 }
 
 func (f *Forwarder) untrack(p *proxied) {

@@ -56,13 +56,13 @@ func (l *faultyListener) Accept() (net.Conn, error) {
 
 // dialTo returns a DialFunc that always connects to addr.
 func dialTo(addr string) DialFunc {
-	return func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+	return func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
-			return nil, resolver.Endpoint{}, err
+			return nil, resolver.Endpoint{}, nil, err
 		}
-		return c.(*net.TCPConn), resolver.Endpoint{Host: "backend"}, nil
+		return c.(*net.TCPConn), resolver.Endpoint{Host: "backend"}, nil, nil
 	}
 }
 
@@ -239,7 +239,7 @@ func TestForwarderRecoversPanicPerConnection(t *testing.T) {
 	calls := 0
 	var mu sync.Mutex
 	echo := testnet.Echo(t)
-	dial := func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+	dial := func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
 		mu.Lock()
 		calls++
 		n := calls
@@ -294,7 +294,7 @@ func TestListenTurnsOnKeepAlive(t *testing.T) {
 func dialerOf(table *health.Table) DialFunc {
 	var next int
 	var mu sync.Mutex
-	return func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+	return func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
 		av := table.Load().Available()
 		mu.Lock()
 		ep := av[next%len(av)]
@@ -303,9 +303,9 @@ func dialerOf(table *health.Table) DialFunc {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", ep.Addr())
 		if err != nil {
-			return nil, ep, err
+			return nil, ep, nil, err
 		}
-		return c.(*net.TCPConn), ep, nil
+		return c.(*net.TCPConn), ep, table.Load().LoadOf(ep), nil
 	}
 }
 
@@ -431,9 +431,9 @@ func TestListenUnixHasItsModeBeforeItListens(t *testing.T) {
 func TestServiceTreatsAClosedSocketAsAStop(t *testing.T) {
 	ln := testnet.LocalListener(t)
 	forwarded := make(chan struct{}, 1)
-	fwd := NewForwarder(func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+	fwd := NewForwarder(func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
 		forwarded <- struct{}{}
-		return nil, resolver.Endpoint{}, errors.New("no backend in this test")
+		return nil, resolver.Endpoint{}, nil, errors.New("no backend in this test")
 	}, zap.NewNop())
 	defer fwd.Shutdown(defaultTestTimeout, nil)
 	svc := NewService(ln, fwd, zap.NewNop())
@@ -469,14 +469,14 @@ func TestServiceTreatsAClosedSocketAsAStop(t *testing.T) {
 func TestShutdownRefusesADialThatEndsLate(t *testing.T) {
 	backend := testnet.Echo(t)
 	dialing, release := make(chan struct{}), make(chan struct{})
-	slowDial := func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+	slowDial := func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
 		close(dialing)
 		<-release // a dial that does not notice the cancel in time
 		c, err := net.Dial("tcp", backend.Addr())
 		if err != nil {
-			return nil, resolver.Endpoint{}, err
+			return nil, resolver.Endpoint{}, nil, err
 		}
-		return c.(*net.TCPConn), resolver.Endpoint{Host: "backend"}, nil
+		return c.(*net.TCPConn), resolver.Endpoint{Host: "backend"}, nil, nil
 	}
 	ln := testnet.LocalListener(t)
 	fwd := NewForwarder(slowDial, zap.NewNop())

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -31,7 +32,9 @@ type proxied struct {
 	client   stream
 	backend  *net.TCPConn
 	endpoint resolver.Endpoint
-	up, down half // client to backend, backend to client
+	born     time.Time // when the client arrived
+	up, down half      // client to backend, backend to client
+	quiet    quietness // the rebalancer's view of its traffic; only the rebalancer touches it
 	pending  atomic.Int32
 	done     func(*proxied)
 	wg       *sync.WaitGroup // owner of the two goroutines

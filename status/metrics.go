@@ -80,17 +80,19 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	activeDesc    = desc("endpoint_connections_active", "Client connections forwarded to the endpoint now.", "endpoint")
-	totalDesc     = desc("endpoint_connections_total", "Client connections forwarded to the endpoint.", "endpoint")
-	bytesDesc     = desc("endpoint_bytes_total", "Bytes forwarded, by direction: to_endpoint (from clients) or to_client.", "endpoint", "direction")
-	evictionsDesc = desc("endpoint_evictions_total", "Connections closed because the endpoint turned unhealthy.", "endpoint")
-	healthDesc    = desc("endpoint_health", "1 for the endpoint's current state (healthy, degraded or down), 0 for the others.", "endpoint", "state")
-	lookupsDesc   = desc("srv_lookups_total", "SRV discovery lookups.")
-	lookupFails   = desc("srv_lookup_failures_total", "SRV discovery lookups that failed; the last good endpoint set was kept.")
-	syncsDesc     = desc("member_list_syncs_total", "Reads of the cluster's member list (--endpoints-auto-sync-interval).")
-	syncFailsDesc = desc("member_list_sync_failures_total", "Reads of the member list that failed or were refused; the current endpoint set was kept.")
-	buildDesc     = desc("build_info", "Always 1; the labels say which build runs.", "version", "commit", "goversion")
-	rotationDesc  = desc("rotation", "1 for what new connections go to now, 0 for the others: healthy endpoints, degraded ones "+
+	activeDesc     = desc("endpoint_connections_active", "Client connections forwarded to the endpoint now.", "endpoint")
+	totalDesc      = desc("endpoint_connections_total", "Client connections forwarded to the endpoint.", "endpoint")
+	bytesDesc      = desc("endpoint_bytes_total", "Bytes forwarded, by direction: to_endpoint (from clients) or to_client.", "endpoint", "direction")
+	evictionsDesc  = desc("endpoint_evictions_total", "Connections closed because the endpoint turned unhealthy.", "endpoint")
+	rebalancedDesc = desc("endpoint_rebalanced_total", "Quiet connections closed on the endpoint so that their clients move to a less loaded member.", "endpoint")
+	spreadDesc     = desc("rebalance_spread", "Most minus fewest connections of the healthy members that take new connections, relative to their weights.")
+	healthDesc     = desc("endpoint_health", "1 for the endpoint's current state (healthy, degraded or down), 0 for the others.", "endpoint", "state")
+	lookupsDesc    = desc("srv_lookups_total", "SRV discovery lookups.")
+	lookupFails    = desc("srv_lookup_failures_total", "SRV discovery lookups that failed; the last good endpoint set was kept.")
+	syncsDesc      = desc("member_list_syncs_total", "Reads of the cluster's member list (--endpoints-auto-sync-interval).")
+	syncFailsDesc  = desc("member_list_sync_failures_total", "Reads of the member list that failed or were refused; the current endpoint set was kept.")
+	buildDesc      = desc("build_info", "Always 1; the labels say which build runs.", "version", "commit", "goversion")
+	rotationDesc   = desc("rotation", "1 for what new connections go to now, 0 for the others: healthy endpoints, degraded ones "+
 		"(none healthy), last-resort (none healthy or degraded: every endpoint is tried and no connection is evicted), or none (no endpoint known).", "rotation")
 )
 
@@ -161,8 +163,11 @@ func (c *gatewayCollector) prune(snap *health.Snapshot) map[resolver.HostPort]li
 
 // Describe sends every metric's description.
 func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, totalDesc, bytesDesc, evictionsDesc, healthDesc, buildDesc, rotationDesc} {
+	for _, d := range []*prometheus.Desc{activeDesc, totalDesc, bytesDesc, evictionsDesc, rebalancedDesc, healthDesc, buildDesc, rotationDesc} {
 		ch <- d
+	}
+	if c.src.Rebalancer != nil {
+		ch <- spreadDesc
 	}
 	c.dials.latency.Describe(ch)
 	c.dials.failures.Describe(ch)
@@ -208,8 +213,12 @@ func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(n.Active), name)
 		ch <- prometheus.MustNewConstMetric(totalDesc, prometheus.CounterValue, float64(n.Total), name)
 		ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(n.Evicted), name)
+		ch <- prometheus.MustNewConstMetric(rebalancedDesc, prometheus.CounterValue, float64(n.Rebalanced), name)
 		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(n.BytesUp), name, "to_endpoint")
 		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(n.BytesDown), name, "to_client")
+	}
+	if c.src.Rebalancer != nil {
+		ch <- prometheus.MustNewConstMetric(spreadDesc, prometheus.GaugeValue, c.src.Rebalancer.Spread())
 	}
 	if c.src.Discovery != nil {
 		total, failed := c.src.Discovery.Lookups()

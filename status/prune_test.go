@@ -38,14 +38,14 @@ func newMetricsFixture(t *testing.T) *metricsFixture {
 		defer wg.Done()
 		m.Serve(ctx)
 	}()
-	f.fwd = listener.NewForwarder(func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, error) {
+	f.fwd = listener.NewForwarder(func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
 		ep := f.table.Load().Available()[0]
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", ep.Addr())
 		if err != nil {
-			return nil, ep, err
+			return nil, ep, nil, err
 		}
-		return c.(*net.TCPConn), ep, nil
+		return c.(*net.TCPConn), ep, nil, nil
 	}, zap.NewNop())
 	ln, err := Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {

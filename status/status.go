@@ -38,6 +38,12 @@ type Sources struct {
 	// StaticSource names where endpoints not found through SRV come from: "endpoints" or
 	// "endpoints-file".
 	StaticSource string
+	// Rebalancer says whether a rebalancing round runs and how uneven the loads are; nil with
+	// --rebalance=false.
+	Rebalancer interface {
+		Balancing() bool
+		Spread() float64
+	}
 	// MemberList follows the cluster's member list; nil without --endpoints-auto-sync-interval.
 	MemberList interface {
 		Syncs() (total, failed uint64)
@@ -174,6 +180,8 @@ type Report struct {
 	Version  string `json:"version"`
 	Ready    bool   `json:"ready"`
 	Draining bool   `json:"draining"`
+	// Rebalancing: a rebalancing round runs, the healthy members' loads being uneven.
+	Rebalancing bool `json:"rebalancing"`
 	// Rotation is what new connections go to: "healthy", "degraded", "last-resort" (no endpoint
 	// healthy or degraded: the gateway serves from whatever answers and evicts nothing) or
 	// "none" (no endpoint known yet).
@@ -218,6 +226,9 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	draining := s.draining.Load()
 	rep := Report{Version: version.Version(), Ready: snap.HealthyCount() > 0 && !draining, Draining: draining,
 		Rotation: string(snap.Rotation()), Endpoints: []EndpointReport{}}
+	if s.src.Rebalancer != nil {
+		rep.Rebalancing = s.src.Rebalancer.Balancing()
+	}
 	for _, ep := range snap.Known() {
 		state, _ := snap.State(ep)
 		er := EndpointReport{

@@ -39,6 +39,11 @@ type Config struct {
 	// is read and followed; 0 turns it off, and the endpoints are the starting ones only.
 	AutoSyncInterval time.Duration
 	Health           HealthConfig
+	// Rebalance moves quiet connections from the most loaded healthy members to the least
+	// loaded when their loads drift apart (--rebalance); RebalanceQuiet is how long a
+	// connection must have been quiet to be moved (--rebalance-quiet-time).
+	Rebalance      bool
+	RebalanceQuiet time.Duration
 }
 
 // HealthConfig is how members are probed and what happens to a sick member's connections.
@@ -158,6 +163,9 @@ func (cfg Config) checkSettings() error {
 	}
 	if cfg.Health.Heartbeat > 0 && cfg.Health.HeartbeatTimeout <= 0 {
 		return errors.New("--health-heartbeat-timeout must be a positive duration, such as 250ms, or turn heartbeats off with --health-heartbeat-interval=0")
+	}
+	if cfg.Rebalance && cfg.RebalanceQuiet <= 0 {
+		return errors.New("--rebalance-quiet-time must be a positive duration, such as 2s, or turn rebalancing off with --rebalance=false")
 	}
 	if cfg.Health.Rise < 1 || cfg.Health.Fall < 1 {
 		return errors.New("--health-rise and --health-fall must be at least 1")

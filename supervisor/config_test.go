@@ -46,6 +46,8 @@ func TestPrepare(t *testing.T) {
 		{name: "no endpoints", change: func(c *Config) { c.Endpoints = nil }, wantErr: "--endpoints"},
 		{name: "negative retry delay", change: func(c *Config) { c.RetryDelay = -time.Second }, wantErr: "--retry-delay"},
 		{name: "zero dial timeout", change: func(c *Config) { c.DialTimeout = 0 }, wantErr: "--dial-timeout"},
+		{name: "rebalancing with no quiet time", change: func(c *Config) { c.Rebalance, c.RebalanceQuiet = true, 0 }, wantErr: "--rebalance-quiet-time"},
+		{name: "no quiet time without rebalancing", change: func(c *Config) { c.Rebalance, c.RebalanceQuiet = false, 0 }},
 		{name: "member list read too often", change: func(c *Config) { c.AutoSyncInterval = time.Millisecond }, wantErr: "--endpoints-auto-sync-interval"},
 		{name: "unreadable trusted CA", change: func(c *Config) { c.TrustedCAFile = "/nonexistent/ca.pem" }, wantErr: "--trusted-ca-file"},
 		{name: "SRV refresh bounds reversed", change: func(c *Config) {

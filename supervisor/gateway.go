@@ -102,6 +102,11 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 	if cfg.Health.Evict {
 		listenSup.Add(serviceHook(listener.NewEvictor(table, fwd, reprobe, log)))
 	}
+	var rebalancer *listener.Rebalancer
+	if cfg.Rebalance {
+		rebalancer = listener.NewRebalancer(table, fwd, cfg.RebalanceQuiet, log)
+		listenSup.Add(serviceHook(rebalancer))
+	}
 	tree.Add(listenSup)
 	tree.Add(serviceHook(source))
 	if memberList != nil {
@@ -117,6 +122,9 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 		}
 		if memberList != nil {
 			src.MemberList = memberList
+		}
+		if rebalancer != nil {
+			src.Rebalancer = rebalancer
 		}
 		statusSrv = status.New(statusLn, src, log)
 		dial.Observe(statusSrv.DialObserver())
@@ -163,6 +171,11 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		zap.String("health_check", string(g.cfg.Health.Check)),
 		zap.Duration("health_interval", g.cfg.Health.Interval),
 		zap.Bool("evict_unhealthy", g.cfg.Health.Evict))
+	if g.cfg.Rebalance {
+		g.log.Info("rebalancing on: quiet connections move from the most loaded healthy members to the least loaded",
+			zap.Float64("max_closes_per_second", listener.RebalanceMaxRate),
+			zap.Duration("quiet_time", g.cfg.RebalanceQuiet))
+	}
 	stopAccepting := context.AfterFunc(ctx, func() {
 		g.ln.Close()
 		if g.status != nil {

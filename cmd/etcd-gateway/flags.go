@@ -170,6 +170,8 @@ func parseCommand(command string, args []string, getenv func(string) (string, bo
 			ShutdownTimeout: 10 * time.Second,
 			SocketMode:      0o666,
 			Health:          supervisor.DefaultHealth(),
+			Rebalance:       true,
+			RebalanceQuiet:  2 * time.Second,
 		},
 		logLevel:  zapcore.InfoLevel,
 		logFormat: "auto",
@@ -200,6 +202,8 @@ func parseCommand(command string, args []string, getenv func(string) (string, bo
 	fs.StringVar(&h.KeyFile, "health-key-file", "", "key of --health-cert-file")
 	fs.StringVar(&opts.cfg.TrustedCAFile, "trusted-ca-file", "", "CA that verifies TLS members: those from _etcd-client-ssl records (default: the system roots) and listed ones (default: not verified; clients still verify end to end)")
 	fs.BoolVar(&h.Evict, "evict-unhealthy", h.Evict, "close the connections of a member that turns down, or degraded while another is healthy, so its clients reconnect to a healthy one")
+	fs.BoolVar(&opts.cfg.Rebalance, "rebalance", opts.cfg.Rebalance, "when the healthy members' loads drift apart (a member came back or was added), close quiet connections on the most loaded, at most 5 a second, so their clients reconnect to the least loaded")
+	fs.Var(durationFlag{&opts.cfg.RebalanceQuiet}, "rebalance-quiet-time", "how long a connection must have carried no byte, the last ones to its client, before rebalancing may move it")
 	var discovery srvFlags
 	discovery.register(fs)
 	help := fs.Bool("help", false, "show this help")

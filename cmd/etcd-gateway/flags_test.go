@@ -108,6 +108,8 @@ func TestParseStartRefusesBadInput(t *testing.T) {
 		{"missing endpoints file", []string{"--endpoints-file=/nonexistent/endpoints"}, nil, "no such file"},
 		{"endpoints file that does not parse", []string{"--endpoints-file=" + badFile}, nil, "line 2"},
 		{"bad socket mode", []string{"--listen-socket-mode=rw-rw----"}, nil, "in octal"},
+		{"quiet time without unit", []string{"--rebalance-quiet-time=2"}, nil, "with a unit"},
+		{"bad rebalance switch", []string{"--rebalance=sometimes"}, nil, "rebalance"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -133,7 +135,7 @@ func TestHelpListsEveryFlag(t *testing.T) {
 		"--dns-server", "--discovery-srv-min-refresh", "--discovery-srv-max-refresh",
 		"--health-check", "--health-interval", "--health-timeout", "--health-rise", "--health-fall",
 		"--health-heartbeat-interval", "--health-heartbeat-timeout",
-		"--health-cert-file", "--health-key-file", "--evict-unhealthy", "ETCD_GATEWAY_"} {
+		"--health-cert-file", "--health-key-file", "--evict-unhealthy", "--rebalance", "--rebalance-quiet-time", "ETCD_GATEWAY_"} {
 		if !strings.Contains(out.String(), flag) {
 			t.Errorf("help does not mention %s", flag)
 		}
@@ -167,6 +169,25 @@ func TestParseStartDiscoveryFallback(t *testing.T) {
 		if len(opts.cfg.Endpoints) != 1 || opts.cfg.Endpoints[0].Host != "10.0.1.10" {
 			t.Errorf("%v %v: explicit endpoints = %v, want the fallback 10.0.1.10:2379", tt.args, tt.env, opts.cfg.Endpoints)
 		}
+	}
+}
+
+// Rebalancing is on by default, with a quiet time of 2s; --rebalance=false turns it off and
+// leaves eviction alone.
+func TestParseStartRebalanceFlags(t *testing.T) {
+	opts, err := parseCommand("start", nil, noEnv, false, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !opts.cfg.Rebalance || opts.cfg.RebalanceQuiet != 2*time.Second {
+		t.Fatalf("defaults: rebalance %v, quiet time %s; want on, 2s", opts.cfg.Rebalance, opts.cfg.RebalanceQuiet)
+	}
+	opts, err = parseCommand("start", []string{"--rebalance=false"}, envOf(map[string]string{"ETCD_GATEWAY_REBALANCE_QUIET_TIME": "5s"}), false, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.cfg.Rebalance || opts.cfg.RebalanceQuiet != 5*time.Second || !opts.cfg.Health.Evict {
+		t.Fatalf("rebalance %v, quiet time %s, evict %v; want off, 5s, evict still on", opts.cfg.Rebalance, opts.cfg.RebalanceQuiet, opts.cfg.Health.Evict)
 	}
 }
 

@@ -1,0 +1,70 @@
+package health
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Slow start: a member that comes back (or is added) while others serve gets new connections
+// at a bounded rate for a while, so that least-connections does not hand it every new client
+// at once: at most slowStartBurst at once and slowStartRate more each second, for
+// slowStartWindow. When every candidate of a tier is slow-starting, the bound is lifted.
+const (
+	slowStartWindow = 10 * time.Second
+	slowStartBurst  = 2
+	slowStartRate   = 5 // per second
+)
+
+// Load counts the connections through this gateway to one member's address: from the moment a
+// dial to it starts until the forwarded connection ends. The dialer and the forwarder change
+// it with atomics and read it without a lock; the Table keeps one per address, across
+// snapshots.
+type Load struct {
+	active atomic.Int64
+	// slowFrom is when the member's slow start began, in Unix nanoseconds; 0 when none did.
+	slowFrom atomic.Int64
+	granted  atomic.Int64 // connections given to it since slowFrom
+}
+
+// Active returns the connections counted now.
+func (l *Load) Active() int64 { return l.active.Load() }
+
+// Start counts a connection whose dial starts now.
+func (l *Load) Start() { l.active.Add(1) }
+
+// Done uncounts a connection that failed to dial or ended. A nil Load counts nothing.
+func (l *Load) Done() {
+	if l != nil {
+		l.active.Add(-1)
+	}
+}
+
+// beginSlowStart starts the member's slow start at now.
+func (l *Load) beginSlowStart(now time.Time) {
+	l.granted.Store(0)
+	l.slowFrom.Store(now.UnixNano())
+}
+
+// slowUntil is when the member's slow start ends; zero when it has none.
+func (l *Load) slowUntil() time.Time {
+	from := l.slowFrom.Load()
+	if from == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, from).Add(slowStartWindow)
+}
+
+// admits reports whether the member may take one more new connection at now under its slow
+// start.
+func (l *Load) admits(now time.Time) bool {
+	from := l.slowFrom.Load()
+	if from == 0 {
+		return true
+	}
+	elapsed := now.Sub(time.Unix(0, from))
+	if elapsed >= slowStartWindow || elapsed < 0 {
+		return true
+	}
+	allowed := slowStartBurst + int64(elapsed*slowStartRate/time.Second)
+	return l.granted.Load() < allowed
+}

@@ -1,0 +1,312 @@
+package listener
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// policyAt returns a policy without jitter, and a start time.
+func policyAt() (*balancePolicy, time.Time) {
+	b := newBalancePolicy(2 * time.Second)
+	b.jitter = func(time.Duration) time.Duration { return 0 }
+	return b, time.Unix(100_000, 0)
+}
+
+// loads returns members with the given connection counts and equal shares, healthy long ago.
+func loads(active ...int64) []balanceMember {
+	ms := make([]balanceMember, len(active))
+	for i, a := range active {
+		ms[i] = balanceMember{share: 1, active: a}
+	}
+	return ms
+}
+
+// oldQuietConns returns count quiet connections on each member, born long before now.
+func oldQuietConns(now time.Time, members []balanceMember) []balanceConn {
+	var conns []balanceConn
+	for i, m := range members {
+		for range m.active {
+			conns = append(conns, balanceConn{member: i, born: now.Add(-time.Hour), quiet: true, quietSince: now.Add(-time.Minute)})
+		}
+	}
+	return conns
+}
+
+func TestBalanceTriggerAndTolerance(t *testing.T) {
+	tests := []struct {
+		name       string
+		members    []balanceMember
+		imbalanced bool
+	}{
+		{"even", loads(10, 10, 10), false},
+		{"spread 2 of 32 is tolerated", loads(10, 10, 12), false},
+		{"spread 4 of 32", loads(9, 10, 13), true},
+		{"a member back with none", loads(15, 15, 0), true},
+		{"5 % of 200 is tolerated", loads(63, 67, 70), false},
+		{"more than 5 % of 200", loads(60, 66, 74), true},
+		{"one member", loads(30), false},
+		{"weights 1:3 at 10:30", []balanceMember{{share: 1, active: 10}, {share: 3, active: 30}}, false},
+		{"weights 1:3 at 20:20", []balanceMember{{share: 1, active: 20}, {share: 3, active: 20}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, now := policyAt()
+			conns := oldQuietConns(now, tt.members)
+			var closed int
+			for i := range 40 { // 10 s
+				d := b.decide(now.Add(time.Duration(i)*250*time.Millisecond), tt.members, conns)
+				if d.imbalanced != tt.imbalanced {
+					t.Fatalf("imbalanced = %v with spread %.2f, want %v", d.imbalanced, d.spread, tt.imbalanced)
+				}
+				if d.victim >= 0 {
+					closed++
+					_, devs, _ := spreadOf(tt.members)
+					if got := devs[conns[d.victim].member] - devs[d.to]; got <= 1 {
+						t.Fatalf("moved a connection between members %.2f apart", got)
+					}
+				}
+			}
+			if tt.imbalanced != (closed > 0) {
+				t.Fatalf("closed %d connections; imbalanced %v", closed, tt.imbalanced)
+			}
+		})
+	}
+}
+
+func TestBalanceMovesFromTheMostLoadedTowardTheWeights(t *testing.T) {
+	b, now := policyAt()
+	members := []balanceMember{{share: 1, active: 20}, {share: 3, active: 20}}
+	conns := oldQuietConns(now, members)
+	now = now.Add(rebalanceSettle)
+	b.decide(now.Add(-rebalanceSettle), members, conns)
+	d := b.decide(now, members, conns)
+	if d.victim < 0 || conns[d.victim].member != 0 || d.to != 1 {
+		t.Fatalf("decision %+v, want a connection of the weight-1 member moved toward the weight-3 one", d)
+	}
+}
+
+func TestBalanceWaitsForTheSettleTime(t *testing.T) {
+	b, start := policyAt()
+	members := loads(15, 15, 0)
+	members[2].since = start // just back
+	conns := oldQuietConns(start, members)
+	for at := time.Duration(0); at < rebalanceSettle; at += 100 * time.Millisecond {
+		if d := b.decide(start.Add(at), members, conns); d.victim >= 0 {
+			t.Fatalf("moved a connection %s after the least loaded member came back", at)
+		}
+	}
+	if d := b.decide(start.Add(rebalanceSettle), members, conns); d.victim < 0 || d.to != 2 {
+		t.Fatalf("after the settle time: %+v, want a move toward the member back", d)
+	}
+
+	// Uneven loads must last the settle time too: a blip moves nothing.
+	b, start = policyAt()
+	b.decide(start, loads(10, 10, 10), nil)
+	if d := b.decide(start.Add(time.Second), loads(10, 10, 5), oldQuietConns(start, loads(10, 10, 5))); d.victim >= 0 {
+		t.Fatal("loads uneven for a second moved a connection")
+	}
+	if d := b.decide(start.Add(2*time.Second), loads(10, 10, 10), nil); d.imbalanced {
+		t.Fatal("even loads are imbalanced")
+	}
+	if d := b.decide(start.Add(4*time.Second), loads(10, 10, 5), oldQuietConns(start, loads(10, 10, 5))); d.victim >= 0 {
+		t.Fatal("a second blip, well after the first, moved a connection at once")
+	}
+}
+
+func TestBalancePacesItsCloses(t *testing.T) {
+	b, start := policyAt()
+	members := loads(30, 30, 0)
+	conns := oldQuietConns(start, members)
+	b.decide(start, members, conns)
+	var closes []time.Time
+	for at := rebalanceSettle; at < rebalanceSettle+5*time.Second; at += 10 * time.Millisecond {
+		now := start.Add(at)
+		if d := b.decide(now, members, conns); d.victim >= 0 {
+			closes = append(closes, now)
+		}
+	}
+	for i := 1; i < len(closes); i++ {
+		if gap := closes[i].Sub(closes[i-1]); gap < rebalanceGap {
+			t.Fatalf("closes %d and %d were %s apart, want at least %s", i-1, i, gap, rebalanceGap)
+		}
+	}
+	if len(closes) > 25 || len(closes) < 20 {
+		t.Fatalf("%d closes in 5 s, want at most 5 a second", len(closes))
+	}
+
+	// With the real jitter, the first close of a round comes within the start jitter, and the
+	// gaps stay between one and two rebalanceGap.
+	b = newBalancePolicy(2 * time.Second)
+	b.decide(start, members, conns)
+	closes = closes[:0]
+	for at := rebalanceSettle; at < rebalanceSettle+5*time.Second; at += 10 * time.Millisecond {
+		now := start.Add(at)
+		if d := b.decide(now, members, conns); d.victim >= 0 {
+			closes = append(closes, now)
+		}
+	}
+	if len(closes) == 0 || closes[0].Sub(start.Add(rebalanceSettle)) > rebalanceStartJitter {
+		t.Fatalf("first close at %v, want within %s of the settle time", closes, rebalanceStartJitter)
+	}
+	for i := 1; i < len(closes); i++ {
+		if gap := closes[i].Sub(closes[i-1]); gap < rebalanceGap || gap > 2*rebalanceGap+10*time.Millisecond {
+			t.Fatalf("jittered gap %s, want between %s and %s", gap, rebalanceGap, 2*rebalanceGap)
+		}
+	}
+}
+
+func TestBalanceMovesOnlyQuietOldConnections(t *testing.T) {
+	b, start := policyAt()
+	members := loads(5, 0)
+	now := start.Add(time.Hour)
+	conns := []balanceConn{
+		{member: 0, born: now.Add(-5 * time.Second), quiet: true},                // too young
+		{member: 0, born: start, quiet: false},                                   // a request in flight
+		{member: 0, born: start, quiet: true, quietSince: now.Add(-time.Second)}, // quiet
+		{member: 0, born: start, quiet: true, quietSince: now.Add(-time.Minute)}, // quiet longest
+		{member: 0, born: now.Add(-rebalanceMinAge + time.Millisecond), quiet: true},
+	}
+	b.decide(now.Add(-rebalanceSettle), members, conns)
+	if d := b.decide(now, members, conns); d.victim != 3 {
+		t.Fatalf("victim %d, want the connection quiet the longest (3)", d.victim)
+	}
+	only := []balanceConn{conns[0], conns[1], conns[4]}
+	for i := range 100 {
+		if d := b.decide(now.Add(time.Duration(i)*time.Millisecond), members, only); d.victim >= 0 {
+			t.Fatalf("moved connection %d, which is young or busy", d.victim)
+		}
+	}
+}
+
+// A simulated rolling return: 15/15/0, the reconnecting clients land on the least loaded member.
+// The round moves exactly what evens the loads, and never a connection it has placed.
+func TestBalanceRoundEvensTheLoads(t *testing.T) {
+	b := newBalancePolicy(2 * time.Second)
+	start := time.Unix(100_000, 0)
+	type conn struct {
+		member int
+		born   time.Time
+	}
+	var live []conn
+	for i := range 30 {
+		live = append(live, conn{member: i % 2, born: start.Add(-time.Hour)})
+	}
+	members := loads(0, 0, 0)
+	members[2].since = start
+	moved, placedMoved := 0, 0
+	end := start.Add(30 * time.Second)
+	for now := start; now.Before(end); now = now.Add(250 * time.Millisecond) {
+		for i := range members {
+			members[i].active = 0
+		}
+		conns := make([]balanceConn, len(live))
+		for i, c := range live {
+			members[c.member].active++
+			conns[i] = balanceConn{member: c.member, born: c.born, quiet: true, quietSince: c.born}
+		}
+		d := b.decide(now, members, conns)
+		if d.victim < 0 {
+			continue
+		}
+		moved++
+		if live[d.victim].born.After(start) {
+			placedMoved++
+		}
+		// The client reconnects to the least loaded member.
+		live[d.victim] = conn{member: d.to, born: now}
+	}
+	counts := [3]int{}
+	for _, c := range live {
+		counts[c.member]++
+	}
+	if moved != 10 || placedMoved != 0 {
+		t.Fatalf("moved %d (%d of them placed by the round), want 10 and 0; loads now %v", moved, placedMoved, counts)
+	}
+	if counts != [3]int{10, 10, 10} {
+		t.Fatalf("loads %v after the round, want 10/10/10", counts)
+	}
+}
+
+// In steady state nothing is closed: over a simulated hour, 30 long-lived clients, balanced,
+// and short connections coming and going (placed least loaded, as the dialer does) while
+// their connections' traffic comes and goes.
+func TestBalanceClosesNothingInSteadyState(t *testing.T) {
+	b := newBalancePolicy(2 * time.Second)
+	rng := rand.New(rand.NewPCG(1, 2))
+	start := time.Unix(100_000, 0)
+	type conn struct {
+		member int
+		born   time.Time
+		ends   time.Time // zero: long-lived
+	}
+	var live []conn
+	for i := range 30 {
+		live = append(live, conn{member: i % 3, born: start.Add(-time.Hour)})
+	}
+	members := loads(0, 0, 0)
+	closes := 0
+	for now := start; now.Before(start.Add(time.Hour)); now = now.Add(250 * time.Millisecond) {
+		kept := live[:0]
+		for _, c := range live {
+			if c.ends.IsZero() || now.Before(c.ends) {
+				kept = append(kept, c)
+			}
+		}
+		live = kept
+		for i := range members {
+			members[i].active = 0
+		}
+		for _, c := range live {
+			members[c.member].active++
+		}
+		for range rng.IntN(3) { // short connections: a Get and gone
+			least := 0
+			for i := range members {
+				if members[i].active < members[least].active {
+					least = i
+				}
+			}
+			members[least].active++
+			live = append(live, conn{member: least, born: now, ends: now.Add(time.Duration(rng.IntN(1500)) * time.Millisecond)})
+		}
+		conns := make([]balanceConn, len(live))
+		for i, c := range live {
+			conns[i] = balanceConn{member: c.member, born: c.born, quiet: rng.IntN(2) == 0, quietSince: c.born}
+		}
+		if d := b.decide(now, members, conns); d.victim >= 0 {
+			closes++
+		}
+	}
+	if closes != 0 {
+		t.Fatalf("closed %d connections in a simulated hour of steady state", closes)
+	}
+}
+
+func TestQuietness(t *testing.T) {
+	const quietFor = 2 * time.Second
+	at := time.Unix(100_000, 0)
+	var q quietness
+	step := func(d time.Duration, up, down int64) { at = at.Add(d); q.sample(at, up, down) }
+	step(0, 100, 100)
+	if q.quiet(at.Add(time.Hour), quietFor) {
+		t.Fatal("a connection whose last bytes were never seen is quiet")
+	}
+	step(time.Second, 100, 150) // an answer, or a watch event
+	if q.quiet(at.Add(quietFor-time.Millisecond), quietFor) || !q.quiet(at.Add(quietFor), quietFor) {
+		t.Fatal("bytes to the client then silence for the quiet time: not judged quiet")
+	}
+	step(time.Second, 120, 150) // a request, not yet answered
+	if q.quiet(at.Add(time.Hour), quietFor) {
+		t.Fatal("a request in flight is quiet")
+	}
+	step(time.Second, 140, 200) // both ways in one sample: the order is unknown
+	if q.quiet(at.Add(time.Hour), quietFor) {
+		t.Fatal("a sample that saw bytes both ways counts as quiet")
+	}
+	step(time.Second, 140, 260)
+	step(time.Second, 140, 260) // nothing moved: the last change stands
+	if !q.quiet(at.Add(time.Second), quietFor) {
+		t.Fatal("a connection whose last change went to the client is not quiet after the quiet time")
+	}
+}
