@@ -55,6 +55,8 @@ type balanceConn struct {
 // tolerance and nothing could be moved for rebalanceLinger.
 type balancePolicy struct {
 	quietFor    time.Duration // --rebalance-quiet-time
+	minAge      time.Duration // rebalanceMinAge
+	settle      time.Duration // rebalanceSettle
 	jitter      func(max time.Duration) time.Duration
 	unevenSince time.Time // zero while the spread is within the tolerance
 	active      bool      // a round runs
@@ -67,9 +69,8 @@ type balancePolicy struct {
 const rebalanceLinger = 10 * time.Second
 
 func newBalancePolicy(quietFor time.Duration) *balancePolicy {
-	return &balancePolicy{quietFor: quietFor, jitter: func(max time.Duration) time.Duration {
-		return rand.N(max)
-	}}
+	return &balancePolicy{quietFor: quietFor, minAge: rebalanceMinAge, settle: rebalanceSettle,
+		jitter: func(max time.Duration) time.Duration { return rand.N(max) }}
 }
 
 // balanceDecision is what the policy says at one moment.
@@ -156,13 +157,13 @@ func (b *balancePolicy) decide(now time.Time, members []balanceMember, conns []b
 	}
 	d.imbalanced = true
 	if !b.active {
-		if now.Sub(b.unevenSince) < rebalanceSettle {
+		if now.Sub(b.unevenSince) < b.settle {
 			return d
 		}
 		b.active, b.lastMove = true, now
 		b.nextClose = now.Add(b.jitter(rebalanceStartJitter))
 	}
-	if since := members[least].since; !since.IsZero() && now.Sub(since) < rebalanceSettle {
+	if since := members[least].since; !since.IsZero() && now.Sub(since) < b.settle {
 		return d
 	}
 	if now.Before(b.nextClose) {
@@ -170,7 +171,7 @@ func (b *balancePolicy) decide(now time.Time, members []balanceMember, conns []b
 	}
 	best := -1
 	for i, c := range conns {
-		if !c.quiet || now.Sub(c.born) < rebalanceMinAge || devs[c.member]-devs[least] <= 1 {
+		if !c.quiet || now.Sub(c.born) < b.minAge || devs[c.member]-devs[least] <= 1 {
 			continue
 		}
 		if best < 0 || devs[c.member] > devs[conns[best].member] ||
