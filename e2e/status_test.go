@@ -109,11 +109,13 @@ func sum(mfs map[string]*dto.MetricFamily, name string, want map[string]string) 
 
 // statusDoc is the /status document as the README documents it.
 type statusDoc struct {
-	Version   string `json:"version"`
-	Ready     bool   `json:"ready"`
-	Draining  bool   `json:"draining"`
-	Rotation  string `json:"rotation"`
-	Endpoints []struct {
+	Version  string `json:"version"`
+	Ready    bool   `json:"ready"`
+	Draining bool   `json:"draining"`
+	// Rebalancing: a rebalancing round runs.
+	Rebalancing bool   `json:"rebalancing"`
+	Rotation    string `json:"rotation"`
+	Endpoints   []struct {
 		Endpoint   string `json:"endpoint"`
 		Source     string `json:"source"`
 		MemberName string `json:"member_name"`

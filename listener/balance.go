@@ -194,11 +194,22 @@ func (b *balancePolicy) endRound() {
 	b.active = false
 }
 
+// The bytes a client may send along with bytes to it that are no request: an HTTP/2 client
+// (gRPC) answers data with a WINDOW_UPDATE (13 bytes) and a PING (17 bytes) frame, and a
+// member answers the PING. Over TLS they come in one record, with up to 29 bytes of its own
+// (TLS 1.2 with AES-GCM). The smallest etcd request is larger: a HEADERS and a DATA frame of
+// at least 33 bytes, plus its record over TLS.
+const (
+	controlFrameBytes    = 13 + 17
+	controlFrameBytesTLS = controlFrameBytes + 29
+)
+
 // quietness is the rebalancer's record of one connection's traffic, kept by sampling the byte
 // counters the data path keeps anyway: no work per message. Between two samples the order of
 // the bytes is unknown, so a connection is quiet only when the last sample that saw its
-// counters change saw bytes to the client alone (an answer, a watch event), and no byte has
-// moved since for the quiet time: a request sent and not yet answered is in flight.
+// counters change saw bytes to the client alone (an answer, a watch event) or with no more
+// from the client than the control frames that acknowledge them, and no byte has moved since
+// for the quiet time: a request sent and not yet answered is in flight.
 type quietness struct {
 	sampled   bool
 	up, down  int64     // the counters at the last sample
@@ -206,15 +217,16 @@ type quietness struct {
 	toClient  bool      // that sample saw bytes to the client alone
 }
 
-// sample records the counters up and down seen at now.
-func (q *quietness) sample(now time.Time, up, down int64) {
+// sample records the counters up and down seen at now; control is how many bytes from the
+// client count as control frames along with bytes to it.
+func (q *quietness) sample(now time.Time, up, down, control int64) {
 	if !q.sampled {
 		q.sampled, q.up, q.down, q.changedAt = true, up, down, now
 		return // what came before is unknown: not quiet until it moves
 	}
 	movedUp, movedDown := up != q.up, down != q.down
 	if movedUp || movedDown {
-		q.changedAt, q.toClient = now, movedDown && !movedUp
+		q.changedAt, q.toClient = now, movedDown && up-q.up <= control
 		q.up, q.down = up, down
 	}
 }

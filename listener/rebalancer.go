@@ -87,7 +87,7 @@ func (r *Rebalancer) Serve(ctx context.Context) error {
 		)
 		if policy.needsSample(members) {
 			live = r.fwd.liveConns(live[:0])
-			conns, victims = sampleConns(now, r.quietFor, eps, live)
+			conns, victims = r.sampleConns(now, eps, live)
 		}
 		d := policy.decide(now, members, conns)
 		if len(members) < 2 {
@@ -160,11 +160,19 @@ func balanceView(snap *health.Snapshot) ([]resolver.Endpoint, []balanceMember) {
 
 // sampleConns samples the byte counters of every live connection at now, and returns those to
 // a member of eps as the policy sees them, with the connections themselves.
-func sampleConns(now time.Time, quietFor time.Duration, eps []resolver.Endpoint, live []*proxied) ([]balanceConn, []*proxied) {
+func (r *Rebalancer) sampleConns(now time.Time, eps []resolver.Endpoint, live []*proxied) ([]balanceConn, []*proxied) {
 	var conns []balanceConn
 	var victims []*proxied
+	control := make([]int64, len(eps))
+	for i, ep := range eps {
+		control[i] = controlFrameBytes
+		if ep.TLS {
+			control[i] = controlFrameBytesTLS
+		} else if probe, ok := r.table.LastProbe(ep); ok && probe.Scheme == resolver.SchemeTLS {
+			control[i] = controlFrameBytesTLS
+		}
+	}
 	for _, p := range live {
-		p.quiet.sample(now, p.up.n.Load(), p.down.n.Load())
 		member := -1
 		for i, ep := range eps {
 			if ep.Host == p.endpoint.Host && ep.Port == p.endpoint.Port {
@@ -172,10 +180,15 @@ func sampleConns(now time.Time, quietFor time.Duration, eps []resolver.Endpoint,
 				break
 			}
 		}
+		allowance := int64(controlFrameBytes)
+		if member >= 0 {
+			allowance = control[member]
+		}
+		p.quiet.sample(now, p.up.n.Load(), p.down.n.Load(), allowance)
 		if member < 0 {
 			continue
 		}
-		conns = append(conns, balanceConn{member: member, born: p.born, quiet: p.quiet.quiet(now, quietFor), quietSince: p.quiet.changedAt})
+		conns = append(conns, balanceConn{member: member, born: p.born, quiet: p.quiet.quiet(now, r.quietFor), quietSince: p.quiet.changedAt})
 		victims = append(victims, p)
 	}
 	return conns, victims
