@@ -42,6 +42,7 @@ func startFleet(t *testing.T, addr string, cfg *tls.Config, n int, period time.D
 		f.finish()
 		cancel()
 	})
+	var from int64 // every watch starts after this revision, so none misses a put made later
 	for i := range n {
 		f.seen[i] = map[int64]bool{}
 		c, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: 5 * time.Second, TLS: cfg, Logger: zap.NewNop()})
@@ -49,7 +50,16 @@ func startFleet(t *testing.T, addr string, cfg *tls.Config, n int, period time.D
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
-		wch := c.Watch(clientv3.WithRequireLeader(ctx), watchedPrefix, clientv3.WithPrefix())
+		if i == 0 {
+			gctx, gcancel := context.WithTimeout(ctx, defaultTestTimeout)
+			resp, err := c.Get(gctx, watchedPrefix, clientv3.WithPrefix())
+			gcancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			from = resp.Header.Revision
+		}
+		wch := c.Watch(clientv3.WithRequireLeader(ctx), watchedPrefix, clientv3.WithPrefix(), clientv3.WithRev(from+1))
 		f.wg.Add(2)
 		go func() {
 			defer f.wg.Done()

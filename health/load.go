@@ -5,10 +5,12 @@ import (
 	"time"
 )
 
-// Slow start: a member that comes back (or is added) while others serve gets new connections
-// at a bounded rate for a while, so that least-connections does not hand it every new client
-// at once: at most slowStartBurst at once and slowStartRate more each second, for
-// slowStartWindow. When every candidate of a tier is slow-starting, the bound is lifted.
+// Slow start: a member that comes back (or is added) while others serve takes connections at a
+// bounded rate for a while, so that least-connections does not hand it every new client at
+// once: it holds at most slowStartBurst connections at first and slowStartRate more each
+// second, for slowStartWindow. The bound is on the connections it holds, not on those it was
+// given, so that short connections coming and going do not use it up. When every candidate of
+// a tier is slow-starting, the bound is lifted.
 const (
 	slowStartWindow = 10 * time.Second
 	slowStartBurst  = 2
@@ -23,7 +25,6 @@ type Load struct {
 	active atomic.Int64
 	// slowFrom is when the member's slow start began, in Unix nanoseconds; 0 when none did.
 	slowFrom atomic.Int64
-	granted  atomic.Int64 // connections given to it since slowFrom
 }
 
 // Active returns the connections counted now.
@@ -40,10 +41,7 @@ func (l *Load) Done() {
 }
 
 // beginSlowStart starts the member's slow start at now.
-func (l *Load) beginSlowStart(now time.Time) {
-	l.granted.Store(0)
-	l.slowFrom.Store(now.UnixNano())
-}
+func (l *Load) beginSlowStart(now time.Time) { l.slowFrom.Store(now.UnixNano()) }
 
 // slowUntil is when the member's slow start ends; zero when it has none.
 func (l *Load) slowUntil() time.Time {
@@ -66,5 +64,5 @@ func (l *Load) admits(now time.Time) bool {
 		return true
 	}
 	allowed := slowStartBurst + int64(elapsed*slowStartRate/time.Second)
-	return l.granted.Load() < allowed
+	return l.Active() < allowed
 }

@@ -71,9 +71,9 @@ func (t *Tier) Priority() uint16 { return t.eps[0].Priority }
 
 // Pick chooses the endpoint index whose next connection leaves it the least loaded relative
 // to its share: the smallest (active+1)/share. Ties go to the first from cursor, so equal
-// loads are served round robin. A member in its slow start is passed over once it has had
-// its bounded number of new connections, unless every endpoint of the tier is; the clock is
-// read only while a slow start runs. The endpoint picked is granted a slow-start slot.
+// loads are served round robin. A member in its slow start is passed over while it holds as
+// many connections as its slow start allows, unless every endpoint of the tier is; the clock
+// is read only while a slow start runs.
 func (t *Tier) Pick(cursor uint32, now func() time.Time) int {
 	var at time.Time
 	if !t.slowUntil.IsZero() {
@@ -84,9 +84,6 @@ func (t *Tier) Pick(cursor uint32, now func() time.Time) int {
 	best := t.leastLoaded(cursor, at)
 	if best < 0 {
 		best = t.leastLoaded(cursor, time.Time{})
-	}
-	if !at.IsZero() {
-		t.loads[best].granted.Add(1)
 	}
 	return best
 }

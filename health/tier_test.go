@@ -114,6 +114,11 @@ func TestTierSlowStartBoundsAMemberJustBack(t *testing.T) {
 		}
 		return back
 	}
+	for i := range 20 { // short connections come and go: they use up nothing
+		if k := tier.Pick(uint32(i), clock); k != 2 {
+			t.Fatalf("a short connection went to %s while the member back holds none", eps[k].Host)
+		}
+	}
 	if got := count(10); got != slowStartBurst {
 		t.Fatalf("right after its return it took %d of 10 new connections, want the burst of %d", got, slowStartBurst)
 	}

@@ -101,6 +101,9 @@ func (r *Rebalancer) Serve(ctx context.Context) error {
 			}
 			rd.from[eps[d.from].HostPort()]++
 			rd.to[eps[d.to].HostPort()] = true
+			if ce := r.log.Check(zap.DebugLevel, "moved a quiet connection"); ce != nil {
+				ce.Write(zap.Stringer("from", eps[d.from]), zap.Stringer("toward", eps[d.to]), zap.Float64("spread", d.spread))
+			}
 		}
 		if !d.imbalanced && rd != nil {
 			r.logRound(rd, d.spread)

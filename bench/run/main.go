@@ -57,21 +57,28 @@ func main() {
 // runFaults runs the fault scenarios against every candidate and prints the table.
 func runFaults(gateway, etcd, haproxy, work string, window time.Duration, only string) {
 	scenarios := []scenario{
-		{"one member killed with SIGKILL: failed requests", killMember},
-		{"one member frozen with SIGSTOP: failed requests", freezeMember},
-		{"one listed endpoint drops SYNs: failed requests", synDrop},
-		{"a connected client's member freezes: time until that client is served again", stuckClient},
-		{"all members die, then come back: time from the first ready member to proxy serves", fullOutage},
-		{stopAcceptingRefuse, stopAccepting(testnet.Refuse)},
-		{stopAcceptingBacklog, stopAccepting(testnet.FullBacklog)},
+		{name: "one member killed with SIGKILL: failed requests", run: killMember},
+		{name: "one member frozen with SIGSTOP: failed requests", run: freezeMember},
+		{name: "one listed endpoint drops SYNs: failed requests", run: synDrop},
+		{name: "a connected client's member freezes: time until that client is served again", run: stuckClient},
+		{name: "all members die, then come back: time from the first ready member to proxy serves", run: fullOutage},
+		{name: stopAcceptingRefuse, run: stopAccepting(testnet.Refuse)},
+		{name: stopAcceptingBacklog, run: stopAccepting(testnet.FullBacklog)},
 	}
+	scenarios = append(scenarios, rollingRestartScenarios()...)
 	scenarios = slices.DeleteFunc(scenarios, func(s scenario) bool { return !strings.Contains(s.name, only) })
 	candidates := proxies(gateway, etcd, haproxy, work)
 	results := make([][]string, len(scenarios))
 	for si, sc := range scenarios {
 		for _, px := range candidates {
 			fmt.Fprintf(os.Stderr, "%s / %s ...\n", px.name, sc.name)
-			r, err := runScenario(etcd, px, sc, window)
+			var r string
+			var err error
+			if sc.reuses {
+				r, err = sc.run(&env{proxyName: px.name})
+			} else {
+				r, err = runScenario(etcd, px, sc, window)
+			}
 			if err != nil {
 				r = "error: " + err.Error()
 			}
@@ -79,7 +86,7 @@ func runFaults(gateway, etcd, haproxy, work string, window time.Duration, only s
 			results[si] = append(results[si], r)
 		}
 	}
-	fmt.Printf("\n| fault (%s under load, 4 workers, new connection + Get with 3 s timeout each) |", window)
+	fmt.Printf("\n| fault (%s under load, 4 workers, new connection + Get with 3 s timeout each; rolling restart: see its rows) |", window)
 	for _, px := range candidates {
 		fmt.Printf(" %s |", px.name)
 	}
@@ -104,17 +111,22 @@ func fail(err error) {
 
 // env is what a scenario works with.
 type env struct {
-	etcd    string
-	cluster *cluster
-	relays  []*testnet.Relay // in front of each member, for the scenarios that stop accepting
-	proxy   *process
-	addr    string
-	window  time.Duration
+	etcd      string
+	cluster   *cluster
+	relays    []*testnet.Relay // in front of each member, for the scenarios that stop accepting
+	proxy     *process
+	proxyName string
+	addr      string
+	window    time.Duration
 }
 
 type scenario struct {
 	name string
 	run  func(e *env) (string, error)
+	// balance is HAProxy's balance algorithm in this scenario; roundrobin when empty.
+	balance string
+	// reuses: the row reads what an earlier row measured for the same proxy; nothing starts.
+	reuses bool
 }
 
 func runScenario(etcd string, px proxy, sc scenario, window time.Duration) (string, error) {
@@ -145,7 +157,11 @@ func runScenario(etcd string, px proxy, sc scenario, window time.Duration) (stri
 		eps = append(eps, dropper)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort())
-	p, err := px.start(addr, eps)
+	balance := sc.balance
+	if balance == "" {
+		balance = "roundrobin"
+	}
+	p, err := px.start(addr, eps, balance)
 	if err != nil {
 		return "", err
 	}
@@ -154,7 +170,7 @@ func runScenario(etcd string, px proxy, sc scenario, window time.Duration) (stri
 		return "", err
 	}
 	time.Sleep(2 * time.Second) // let health checks settle
-	return sc.run(&env{etcd: etcd, cluster: c, relays: relays, proxy: p, addr: addr, window: window})
+	return sc.run(&env{etcd: etcd, cluster: c, relays: relays, proxy: p, proxyName: px.name, addr: addr, window: window})
 }
 
 func newClient(addr string) (*clientv3.Client, error) {

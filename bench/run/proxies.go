@@ -9,23 +9,24 @@ import (
 	"time"
 )
 
-// proxy is one of the candidates: it starts in front of endpoints and listens on addr.
+// proxy is one of the candidates: it starts in front of endpoints and listens on addr; balance
+// is HAProxy's balance algorithm, which the others have no setting for.
 type proxy struct {
 	name  string
-	start func(addr string, endpoints []string) (*process, error)
+	start func(addr string, endpoints []string, balance string) (*process, error)
 }
 
 func proxies(gateway, etcd, haproxy, workDir string) []proxy {
 	return []proxy{
-		{"etcd-gateway", func(addr string, eps []string) (*process, error) {
+		{"etcd-gateway", func(addr string, eps []string, _ string) (*process, error) {
 			return start(gateway, "start", "--listen-addr="+addr, "--endpoints="+strings.Join(eps, ","), "--log-level=error")
 		}},
-		{"etcd gateway", func(addr string, eps []string) (*process, error) {
+		{"etcd gateway", func(addr string, eps []string, _ string) (*process, error) {
 			return start(etcd, "gateway", "start", "--listen-addr="+addr, "--endpoints="+strings.Join(eps, ","))
 		}},
-		{"HAProxy + GET /readyz", func(addr string, eps []string) (*process, error) {
+		{"HAProxy + GET /readyz", func(addr string, eps []string, balance string) (*process, error) {
 			cfg := filepath.Join(workDir, "haproxy-"+strings.ReplaceAll(addr, ":", "-")+".cfg")
-			if err := os.WriteFile(cfg, []byte(haproxyConfig(addr, eps)), 0o600); err != nil {
+			if err := os.WriteFile(cfg, []byte(haproxyConfig(addr, eps, balance)), 0o600); err != nil {
 				return nil, err
 			}
 			return start(haproxy, "-db", "-f", cfg)
@@ -34,8 +35,9 @@ func proxies(gateway, etcd, haproxy, workDir string) []proxy {
 }
 
 // haproxyConfig is the strongest set-up a user would write by hand for etcd (FIELD-NOTES.md),
-// with etcd's own readiness endpoint as the check.
-func haproxyConfig(addr string, eps []string) string {
+// with etcd's own readiness endpoint as the check, and balance (roundrobin, or leastconn
+// where the scenario is about spreading the load).
+func haproxyConfig(addr string, eps []string, balance string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `global
     maxconn 4000
@@ -48,9 +50,9 @@ frontend etcd
     bind %s
     default_backend members
 backend members
-    balance roundrobin
+    balance %s
     option httpchk GET /readyz
-`, addr)
+`, addr, balance)
 	for i, ep := range eps {
 		fmt.Fprintf(&b, "    server m%d %s check inter 1s fall 2 rise 1 on-marked-down shutdown-sessions\n", i, ep)
 	}
