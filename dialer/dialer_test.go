@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -243,4 +244,63 @@ func withPriority(t *testing.T, addr string, priority uint16) resolver.Endpoint 
 	ep := mustEndpoint(t, addr)
 	ep.Priority = priority
 	return ep
+}
+
+// heldDials dials n times at once through d, keeping every connection, and returns how many
+// each backend holds, by the name it greeted with.
+func heldDials(t *testing.T, d *dialer.Dialer, n int) map[string]int {
+	t.Helper()
+	type held struct {
+		name string
+		err  error
+	}
+	results := make(chan held, n)
+	for range n {
+		go func() {
+			c, _, load, err := d.Dial(context.Background())
+			if err != nil {
+				results <- held{err: err}
+				return
+			}
+			t.Cleanup(func() {
+				c.Close()
+				load.Done()
+			})
+			c.SetReadDeadline(time.Now().Add(defaultTestTimeout))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			results <- held{name: strings.TrimSuffix(line, "\n"), err: err}
+		}()
+	}
+	counts := map[string]int{}
+	for range n {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		counts[r.name]++
+	}
+	return counts
+}
+
+// A burst of clients arriving at once spreads evenly: each dial is counted from the moment it
+// starts, so they do not all see the same counts and pile onto one member.
+func TestBurstOfDialsSpreadsEvenly(t *testing.T) {
+	f := start(t, time.Second, time.Minute, named(t, 3)...)
+	counts := heldDials(t, f.dialer, 30)
+	for _, name := range []string{"0", "1", "2"} {
+		if counts[name] < 9 || counts[name] > 11 {
+			t.Fatalf("30 clients at once went %v, want 10 each within 1", counts)
+		}
+	}
+}
+
+// SRV weights shape the load: with weights 1 and 3, 40 long-lived clients end 10 and 30.
+func TestWeightsShapeTheLoad(t *testing.T) {
+	light, heavy := mustEndpoint(t, testnet.Named(t, "light").Addr()), mustEndpoint(t, testnet.Named(t, "heavy").Addr())
+	light.Weight, heavy.Weight = 1, 3
+	f := startEndpoints(t, time.Second, time.Minute, []resolver.Endpoint{light, heavy})
+	counts := heldDials(t, f.dialer, 40)
+	if counts["light"] < 9 || counts["light"] > 11 || counts["heavy"] < 29 || counts["heavy"] > 31 {
+		t.Fatalf("40 clients went %v with weights 1:3, want 10:30 within 1", counts)
+	}
 }

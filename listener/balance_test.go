@@ -4,6 +4,9 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
 // policyAt returns a policy without jitter, and a start time.
@@ -316,5 +319,22 @@ func TestQuietness(t *testing.T) {
 	step(time.Second, 160+2*controlFrameBytes+1, 400) // nothing moved: the last change stands
 	if !q.quiet(at.Add(time.Second), quietFor) {
 		t.Fatal("a connection whose last change went to the client is not quiet after the quiet time")
+	}
+}
+
+// Rebalancing moves load only between the healthy members of the tier that takes new
+// connections: never toward a degraded or down member, and not at all while none is healthy.
+func TestBalanceViewHoldsOnlyHealthyMembers(t *testing.T) {
+	eps := []resolver.Endpoint{
+		{Host: "a", Port: 2379}, {Host: "b", Port: 2379}, {Host: "c", Port: 2379}, {Host: "backup", Port: 2379, Priority: 10},
+	}
+	snap := health.NewSnapshot(eps, []health.State{health.Healthy, health.Degraded, health.Healthy, health.Healthy}, nil)
+	got, members := balanceView(snap)
+	if len(got) != 2 || got[0].Host != "a" || got[1].Host != "c" || len(members) != 2 {
+		t.Fatalf("balanced between %v, want the healthy members of priority 0, a and c", got)
+	}
+	snap = health.NewSnapshot(eps[:2], []health.State{health.Degraded, health.Degraded}, nil)
+	if got, _ := balanceView(snap); len(got) != 0 {
+		t.Fatalf("with no member healthy, balanced between %v, want none", got)
 	}
 }
