@@ -105,6 +105,7 @@ func (r *Rebalancer) Serve(ctx context.Context) error {
 				ce.Write(zap.Stringer("from", eps[d.from]), zap.Stringer("toward", eps[d.to]), zap.Float64("spread", d.spread))
 			}
 		}
+		clear(live) // hold no ended connection while the loads are even
 		if !d.imbalanced && rd != nil {
 			r.logRound(rd, d.spread)
 			rd = nil
