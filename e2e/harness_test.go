@@ -372,20 +372,31 @@ func memberID(t *testing.T, c *cluster, m *member) uint64 {
 	return st.Header.MemberId
 }
 
-// membersThroughGateway opens n new connections through the gateway and returns how many
+// membersThroughGateway opens n new connections through the gateway, holding them all until
+// each has been served (so that they spread as long-lived clients do), and returns how many
 // were served by each member ID.
 func membersThroughGateway(t *testing.T, addr string, cfg *tls.Config, n int) map[uint64]int {
 	t.Helper()
-	cl := newTLSClient(t, cfg, addr)
 	seen := map[uint64]int{}
+	var held []*clientv3.Client
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
 	for range n {
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: 5 * time.Second, TLS: cfg, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		st, err := cl.Status(ctx, addr) // a new connection for every call
+		resp, err := c.Get(ctx, "which")
 		cancel()
 		if err != nil {
-			t.Fatalf("status through the gateway: %v", err)
+			t.Fatalf("get through the gateway: %v", err)
 		}
-		seen[st.Header.MemberId]++
+		seen[resp.Header.MemberId]++
 	}
 	return seen
 }
