@@ -236,7 +236,9 @@ func (r *run) record(rep Report) {
 	next := mb.state
 	switch rep.Evidence {
 	case Probed:
-		r.recordProbe(rep)
+		// Recorded once the state it leads to is published, so that whoever sees the probe
+		// sees its consequence too.
+		defer r.recordProbe(rep)
 		if rep.At.Before(mb.changed) {
 			return // begun before newer evidence changed the state: it does not undo it
 		}
