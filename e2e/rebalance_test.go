@@ -93,14 +93,20 @@ func startFleet(t *testing.T, addr string, cfg *tls.Config, n int, period time.D
 	return f
 }
 
+// opTimeout bounds each request. A request the gateway cut would fail at once (Unavailable);
+// this only has to outlast a leader election during the restarts on a loaded machine.
+const opTimeout = 15 * time.Second
+
 // op does one serializable Get and one Put of client i's own key.
 func (f *fleet) op(c *clientv3.Client, i int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	if _, err := c.Get(ctx, fmt.Sprintf("/own/%d", i), clientv3.WithSerializable()); err != nil {
 		f.failedGets.Add(1)
 		f.note(fmt.Sprintf("get %d: %v", i, err))
 	}
+	ctx, cancel = context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
 	if _, err := c.Put(ctx, fmt.Sprintf("/own/%d", i), time.Now().String()); err != nil {
 		f.failedPuts.Add(1)
 		f.note(fmt.Sprintf("put %d: %v", i, err))
