@@ -380,9 +380,21 @@ func TestCrashLoopingMemberIsHeldBack(t *testing.T) {
 		t.Fatal("a member crashing every second was never held out of rotation")
 	}
 	fromPer, from := totalOf()
-	l := startLoad(gw.addr)
-	time.Sleep(10 * time.Second) // 10 s of new clients while it crash-loops: load pacing
-	l.finish()
+	// New clients for 10 s while it crash-loops, paced so as not to load the machine that the
+	// other tests share: 2 workers, each a new connection and a Get every 50 ms.
+	var newClients sync.WaitGroup
+	loadUntil := time.Now().Add(10 * time.Second)
+	for w := range 2 {
+		newClients.Add(1)
+		go func() {
+			defer newClients.Done()
+			for i := 0; time.Now().Before(loadUntil); i++ {
+				oneRequest(gw.addr, fmt.Sprintf("new-%d-%d", w, i))
+				time.Sleep(50 * time.Millisecond) // load pacing
+			}
+		}()
+	}
+	newClients.Wait()
 	close(stopLoop)
 	<-loopDone
 	toPer, to := totalOf()

@@ -221,7 +221,9 @@ func tlsFrozenThenKilled(t *testing.T, c *tlsCluster, gw *gateway, sc statusClie
 		t.Fatalf("the client on the frozen TLS member was not served by another: %v", err)
 	}
 	t.Logf("client on the frozen TLS member served again after %s", served)
-	if served > 2*time.Second {
+	// Heartbeats find it within 0.75 s; the margin absorbs a loaded machine, where the client's
+	// new TLS handshake through the race-enabled gateway is slow too (2.02 s in one CI run).
+	if served > 3*time.Second {
 		t.Errorf("the client on the frozen TLS member waited %s", served)
 	}
 
