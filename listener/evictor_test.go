@@ -169,10 +169,14 @@ func testEviction(t *testing.T, startEvictorLate bool) {
 // closed. When one endpoint is healthy again, the others' clients move to it.
 func TestEvictorClosesNothingWhenNothingIsBetter(t *testing.T) {
 	f := newEvictionFixture(t, true)
-	for name, ep := range map[string]resolver.Endpoint{"sick": f.sickEP, "fine": f.fineEP} {
+	// Both stop accepting before either is reported: a probe of the second, asked for once the
+	// first turned down, must not find it still accepting and prove it better.
+	for _, name := range []string{"sick", "fine"} {
 		if err := f.relays[name].StopAccepting(testnet.Refuse); err != nil {
 			t.Fatal(err)
 		}
+	}
+	for _, ep := range []resolver.Endpoint{f.sickEP, f.fineEP} {
 		f.reports <- health.Report{Endpoint: ep, Evidence: health.DialRefused, State: health.Down, Reason: "test: stops accepting"}
 	}
 	f.waitRotation(t, func(s *health.Snapshot) bool { return s.Rotation() == health.RotationLastResort })
