@@ -59,7 +59,9 @@ func startFleet(t *testing.T, addr string, cfg *tls.Config, n int, period time.D
 			}
 			from = resp.Header.Revision
 		}
-		wch := c.Watch(clientv3.WithRequireLeader(ctx), watchedPrefix, clientv3.WithPrefix(), clientv3.WithRev(from+1))
+		// No WithRequireLeader: it cancels the watch while a restarted member has no leader yet,
+		// and an application's watch resumes instead.
+		wch := c.Watch(ctx, watchedPrefix, clientv3.WithPrefix(), clientv3.WithRev(from+1))
 		f.wg.Add(2)
 		go func() {
 			defer f.wg.Done()
@@ -271,7 +273,9 @@ func TestRollingRestartEvensOutOnTLSMembers(t *testing.T) {
 	w.finish()
 	revs := w.acknowledged()
 	if !eventually(30*time.Second, func() bool { return fl.missed(revs) == 0 }) {
-		t.Errorf("%d acknowledged puts (of %d) missed by the watches", fl.missed(revs), len(revs))
+		fl.mu.Lock()
+		t.Errorf("%d acknowledged puts (of %d) missed by the watches: %v", fl.missed(revs), len(revs), fl.firstErrs)
+		fl.mu.Unlock()
 	}
 	fl.finish()
 	fl.mu.Lock()

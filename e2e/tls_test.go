@@ -191,7 +191,9 @@ func tlsLearner(t *testing.T, c *tlsCluster) {
 	if !eventually(defaultTestTimeout, func() bool {
 		for _, ep := range sc.status().Endpoints {
 			if ep.Endpoint == learner.client {
-				return ep.Scheme == "https" && ep.State == "down" && strings.Contains(ep.Reason, "learner")
+				// The reason is the one of the change: a refused first probe, when the learner
+				// did not listen yet; the last probe says why it stays down.
+				return ep.Scheme == "https" && ep.State == "down" && ep.LastProbe != nil && strings.Contains(ep.LastProbe.Reason, "learner")
 			}
 		}
 		return false

@@ -111,7 +111,7 @@ func rollingRestart(e *env) (*rollingResult, error) {
 		}
 		defer c.Close()
 		f.seen[i] = map[int64]bool{}
-		wch := c.Watch(clientv3.WithRequireLeader(ctx), rollingWatched, clientv3.WithPrefix(), clientv3.WithRev(start.Header.Revision+1))
+		wch := c.Watch(ctx, rollingWatched, clientv3.WithPrefix(), clientv3.WithRev(start.Header.Revision+1))
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
