@@ -273,9 +273,11 @@ func TestRollingRestartEvensOutOnTLSMembers(t *testing.T) {
 	w.finish()
 	revs := w.acknowledged()
 	if !eventually(30*time.Second, func() bool { return fl.missed(revs) == 0 }) {
+		missed := fl.missed(revs)
 		fl.mu.Lock()
-		t.Errorf("%d acknowledged puts (of %d) missed by the watches: %v", fl.missed(revs), len(revs), fl.firstErrs)
+		errs := slices.Clone(fl.firstErrs)
 		fl.mu.Unlock()
+		t.Errorf("%d acknowledged puts (of %d) missed by the watches: %v", missed, len(revs), errs)
 	}
 	fl.finish()
 	fl.mu.Lock()
