@@ -90,9 +90,6 @@ func (r *Rebalancer) Serve(ctx context.Context) error {
 			conns, victims = r.sampleConns(now, eps, live)
 		}
 		d := policy.decide(now, members, conns)
-		if len(members) < 2 {
-			d.spread = 0
-		}
 		r.spread.Store(math.Float64bits(d.spread))
 		r.balancing.Store(d.imbalanced)
 		if d.victim >= 0 && r.fwd.rebalance(victims[d.victim]) {
