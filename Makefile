@@ -2,7 +2,7 @@
 GO ?= go
 export CGO_ENABLED ?= 0
 
-.PHONY: build test unit fuzz e2e soak demo etcd lint clean haproxy bench bench-faults
+.PHONY: build test unit fuzz e2e soak demo etcd etcd-3.4 lint clean haproxy bench bench-faults
 
 # What `etcd-gateway version` prints: the nearest tag (else the commit), and the commit.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
@@ -19,6 +19,19 @@ build:
 etcd:
 	cd e2e && $(GO) build -o bin/etcd ./tools/etcd && $(GO) build -o bin/etcdctl ./tools/etcdctl
 
+## etcd-3.4: Debian's etcd 3.4 server (package etcd-server) for the version matrix, unpacked into
+## e2e/bin/etcd-3.4 without installing the package, whose service would take port 2379
+ETCD34 := e2e/bin/etcd-3.4
+etcd-3.4: $(ETCD34)
+$(ETCD34):
+	@mkdir -p e2e/bin
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cd "$$tmp" && \
+	{ apt-get download etcd-server >/dev/null 2>&1 || { apt-get update -qq && apt-get download etcd-server; }; } && \
+	dpkg-deb -x etcd-server_*.deb root && \
+	root/usr/bin/etcd --version | grep -q '^etcd Version: 3\.4\.' && \
+	cp root/usr/bin/etcd "$(CURDIR)/$(ETCD34)"
+	@$(ETCD34) --version | head -1
+
 ## test: every test: format, module and vet checks, unit tests with the race detector (each fuzz
 ## target runs over its committed corpus there, which is deterministic), end-to-end tests
 test: lint unit e2e
@@ -26,10 +39,12 @@ test: lint unit e2e
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
-	@for m in . e2e bench; do (cd $$m && $(GO) mod tidy -diff >/dev/null) || { echo "go mod tidy would change $$m/go.mod or go.sum; run it there"; exit 1; }; done
+	@for m in . e2e bench e2e/versions/etcd-3.5 e2e/versions/etcd-3.7; do (cd $$m && $(GO) mod tidy -diff >/dev/null) || { echo "go mod tidy would change $$m/go.mod or go.sum; run it there"; exit 1; }; done
 	$(GO) vet ./...
 	cd e2e && $(GO) vet ./...
 	cd bench && $(GO) vet ./...
+	cd e2e/versions/etcd-3.5 && $(GO) vet ./...
+	cd e2e/versions/etcd-3.7 && $(GO) vet ./...
 
 # The race detector needs cgo.
 unit:
@@ -50,7 +65,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSRVAnswer$$' -fuzztime $(FUZZTIME) ./resolver
 	CGO_ENABLED=1 $(GO) test -run '^$$' -fuzz '^FuzzParseCommand$$' -fuzztime $(FUZZTIME) ./cmd/etcd-gateway
 
-e2e:
+e2e: etcd-3.4
 	cd e2e && CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
 
 ## soak: 10 minutes of connection churn and member faults; resources must come back (SOAK_DURATION)

@@ -24,20 +24,58 @@ const defaultTestTimeout = 20 * time.Second
 // Binaries built once by TestMain.
 var (
 	etcdBin, etcdctlBin, gatewayBin string
+	// matrix are the other etcd versions users run, each smoke-tested by TestVersionMatrix.
+	matrix []release
 )
+
+// release is an etcd version whose members the tests start.
+type release struct {
+	version string
+	bin     string
+	// v34: 3.4 has no --unsafe-no-fsync, and logs JSON only with --logger=zap.
+	v34 bool
+}
+
+// current is the etcd the full suite runs: the version in e2e/go.mod.
+func current() release { return release{version: "3.6.16", bin: etcdBin} }
+
+// flags are what every member of r gets to start fast and log little.
+func (r release) flags() []string {
+	if r.v34 {
+		return []string{"--logger", "zap", "--max-request-bytes", "4194304", "--log-level", "error"}
+	}
+	return []string{"--unsafe-no-fsync", "--max-request-bytes", "4194304", "--log-level", "error"}
+}
 
 func TestMain(m *testing.M) {
 	os.Exit(testnet.RunWithBinaries(m, "etcd-gateway-e2e-bin", func(dir string) []testnet.Build {
 		etcdBin = filepath.Join(dir, "etcd")
 		etcdctlBin = filepath.Join(dir, "etcdctl")
 		gatewayBin = filepath.Join(dir, "etcd-gateway")
+		matrix = []release{
+			{version: "3.4.23", bin: etcd34Bin(), v34: true},
+			{version: "3.5.35", bin: filepath.Join(dir, "etcd-3.5")},
+			{version: "3.7.3", bin: filepath.Join(dir, "etcd-3.7")},
+		}
 		return []testnet.Build{
+			{Dir: "versions/etcd-3.5", Args: []string{"build", "-o", matrix[1].bin, "."}},
+			{Dir: "versions/etcd-3.7", Args: []string{"build", "-o", matrix[2].bin, "."}},
 			{Dir: ".", Args: []string{"build", "-o", etcdBin, "./tools/etcd"}},
 			{Dir: ".", Args: []string{"build", "-o", etcdctlBin, "./tools/etcdctl"}},
 			// The gateway runs with the race detector: a race under real load fails the test.
 			{Dir: "..", Args: []string{"build", "-race", "-o", gatewayBin, "./cmd/etcd-gateway"}},
 		}
 	}))
+}
+
+// etcd34Bin is Debian's etcd 3.4 server, which `make etcd-3.4` unpacks into e2e/bin without
+// installing the package (whose service would take port 2379).
+func etcd34Bin() string {
+	abs, err := filepath.Abs(filepath.Join("bin", "etcd-3.4"))
+	if err != nil {
+		panic(err)
+	}
+	return abs
 }
 
 // freePort returns a loopback port for a child process to bind.
@@ -104,6 +142,7 @@ type member struct {
 	name   string
 	client string // host:port of its client URL
 	peer   string // its peer URL
+	bin    string
 	args   []string
 	proc   *proc
 }
@@ -111,11 +150,12 @@ type member struct {
 // restart starts a stopped member again with the same flags and data.
 func (m *member) restart(t *testing.T) {
 	t.Helper()
-	m.proc = startProc(t, etcdBin, m.args...)
+	m.proc = startProc(t, m.bin, m.args...)
 }
 
 // cluster is a set of etcd members started by the test.
 type cluster struct {
+	release   release // zero: current()
 	dir       string
 	scheme    string                     // of the client URLs: http or https
 	flags     func(name string) []string // extra flags per member (TLS files)
@@ -137,6 +177,9 @@ func startCluster(t *testing.T, n int) []*member {
 func launchCluster(t *testing.T, n int, c *cluster) *cluster {
 	t.Helper()
 	c.dir = dataDir(t)
+	if c.release.bin == "" {
+		c.release = current()
+	}
 	var peers []string
 	for i := range n {
 		m := &member{name: fmt.Sprintf("m%d", i), peer: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
@@ -163,10 +206,9 @@ func (c *cluster) run(t *testing.T, m *member, initialCluster, state string) {
 		"--listen-client-urls", url, "--advertise-client-urls", url,
 		"--listen-peer-urls", m.peer, "--initial-advertise-peer-urls", m.peer,
 		"--initial-cluster", initialCluster, "--initial-cluster-state", state,
-		"--initial-cluster-token", filepath.Base(c.dir),
-		"--unsafe-no-fsync", "--max-request-bytes", "4194304", "--log-level", "error"}, c.flags(m.name)...)
-	m.args = args
-	m.proc = startProc(t, etcdBin, args...)
+		"--initial-cluster-token", filepath.Base(c.dir)}, append(c.release.flags(), c.flags(m.name)...)...)
+	m.bin, m.args = c.release.bin, args
+	m.proc = startProc(t, m.bin, args...)
 }
 
 // waitReady waits until a linearizable read through members succeeds.
@@ -298,10 +340,14 @@ func startGatewayArgs(t *testing.T, args ...string) *gateway {
 // startGatewayOn is startGatewayArgs listening on addr: host:port, or unix://PATH.
 func startGatewayOn(t *testing.T, addr string, args ...string) *gateway {
 	t.Helper()
-	network, dialAddr := "tcp", addr
-	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
-		network, dialAddr = "unix", path
-	}
+	g := launchGateway(t, addr, args...)
+	g.waitAccepting(t, addr)
+	return g
+}
+
+// launchGateway starts the gateway listening on addr and does not wait for it.
+func launchGateway(t *testing.T, addr string, args ...string) *gateway {
+	t.Helper()
 	all := append([]string{"start", "--listen-addr=" + addr, "--log-level=debug"}, args...)
 	g := &gateway{addr: addr, proc: startProc(t, gatewayBin, all...)}
 	t.Cleanup(func() {
@@ -322,12 +368,23 @@ func startGatewayOn(t *testing.T, addr string, args ...string) *gateway {
 			t.Errorf("data race in the gateway:\n%s", g.proc.out)
 		}
 	})
+	return g
+}
+
+// waitAccepting waits until g accepts a connection on addr: host:port, or unix://PATH. On the
+// gateway's listen address, that connection is forwarded to a member once one is known.
+func (g *gateway) waitAccepting(t *testing.T, addr string) {
+	t.Helper()
+	network, dialAddr := "tcp", addr
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		network, dialAddr = "unix", path
+	}
 	deadline := time.Now().Add(defaultTestTimeout)
 	for {
 		c, err := net.DialTimeout(network, dialAddr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return g
+			return
 		}
 		if g.proc.exited() || time.Now().After(deadline) {
 			t.Fatalf("gateway never accepted on %s: %s", addr, g.proc.out)

@@ -31,6 +31,12 @@ type tlsCluster struct {
 // client certificate on every connection.
 func launchLoggingTLSCluster(t *testing.T, n int, requireClientCerts bool) *tlsCluster {
 	t.Helper()
+	return launchTLSClusterOf(t, current(), n, requireClientCerts)
+}
+
+// launchTLSClusterOf is launchLoggingTLSCluster with members of release r.
+func launchTLSClusterOf(t *testing.T, r release, n int, requireClientCerts bool) *tlsCluster {
+	t.Helper()
 	ca := testcert.NewCA(t, "cluster CA")
 	dir := t.TempDir()
 	caFile, cert, key := ca.WriteFiles(t, dir, "member", []string{"example.com"}, []net.IP{net.IPv4(127, 0, 0, 1)})
@@ -46,6 +52,7 @@ func launchLoggingTLSCluster(t *testing.T, n int, requireClientCerts bool) *tlsC
 		clientTLS.Certificates = []tls.Certificate{pair}
 	}
 	c := launchCluster(t, n, &cluster{
+		release:   r,
 		scheme:    "https",
 		flags:     func(string) []string { return flags },
 		clientTLS: clientTLS,

@@ -330,6 +330,9 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 	case status == http.StatusOK:
 		var h struct{ Health, Reason string }
 		if json.Unmarshal(body, &h) == nil && h.Health == "true" {
+			if c.isLearner(ctx) {
+				return Down, "learner: its status says isLearner", answered
+			}
 			return Healthy, "", answered
 		}
 		return Degraded, "/health: " + strings.TrimSpace(string(body)), answered
@@ -344,6 +347,18 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 	}
 }
 
+// isLearner asks a member that answered /health whether it is a learner: before 3.4.29 and
+// 3.5.11 there is no /readyz, and /health says a learner is healthy though it serves no client
+// request. The member's own status says. A member that does not answer is not judged a learner:
+// /health has just said it serves.
+func (c *checker) isLearner(ctx context.Context) bool {
+	a := c.do(ctx, http.MethodPost, "/v3/maintenance/status", "{}")
+	var st struct {
+		IsLearner bool `json:"isLearner"`
+	}
+	return a.err == nil && a.status == http.StatusOK && json.Unmarshal(a.body, &st) == nil && st.IsLearner
+}
+
 // probeAnswer is the outcome of one probe request.
 type probeAnswer struct {
 	status int
@@ -353,11 +368,20 @@ type probeAnswer struct {
 
 // get does one GET of path on the member, over TLS when it speaks TLS.
 func (c *checker) get(ctx context.Context, path string) probeAnswer {
+	return c.do(ctx, http.MethodGet, path, "")
+}
+
+// do sends one request with body to path on the member, over TLS when it speaks TLS.
+func (c *checker) do(ctx context.Context, method, path, body string) probeAnswer {
 	client := c.plain
 	if c.scheme == resolver.SchemeTLS {
 		client = c.secure
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.scheme.String()+"://"+c.ep.Addr()+path, nil)
+	var content io.Reader
+	if body != "" {
+		content = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.scheme.String()+"://"+c.ep.Addr()+path, content)
 	if err != nil {
 		return probeAnswer{err: err}
 	}
@@ -366,8 +390,8 @@ func (c *checker) get(ctx context.Context, path string) probeAnswer {
 		return probeAnswer{err: err}
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	return probeAnswer{status: resp.StatusCode, body: body}
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return probeAnswer{status: resp.StatusCode, body: answer}
 }
 
 // failedChecks condenses an unhealthy answer: the "[-]" lines of /readyz, or /health's JSON.

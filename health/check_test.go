@@ -70,6 +70,14 @@ func TestCheckModes(t *testing.T) {
 			Down, "learner", CheckReadyz},
 		{"no readyz: falls back to /health", CheckReadyz, map[string]http.HandlerFunc{
 			"/health": answer(200, `{"health":"true","reason":""}`)}, Healthy, "", CheckHealth},
+		{"no readyz, a learner by its status (etcd 3.4)", CheckReadyz, map[string]http.HandlerFunc{
+			"/health":                answer(200, `{"health":"true","reason":""}`),
+			"/v3/maintenance/status": answer(200, `{"header":{"member_id":"1"},"version":"3.4.23","isLearner":true}`)},
+			Down, "learner", CheckHealth},
+		{"no readyz, a voter by its status", CheckReadyz, map[string]http.HandlerFunc{
+			"/health":                answer(200, `{"health":"true","reason":""}`),
+			"/v3/maintenance/status": answer(200, `{"header":{"member_id":"1"},"version":"3.4.23"}`)},
+			Healthy, "", CheckHealth},
 		{"health alarm", CheckHealth, map[string]http.HandlerFunc{
 			"/health": answer(503, `{"health":"false","reason":"ALARM NOSPACE"}`)}, Degraded, "NOSPACE", CheckHealth},
 		{"health false with 200", CheckHealth, map[string]http.HandlerFunc{

@@ -379,7 +379,7 @@ func (run *memberListRun) admit(ctx context.Context, list memberList) ([]Endpoin
 	}
 	type candidate struct {
 		member Member
-		urls   []Endpoint
+		urls   []clientAddr
 	}
 	var candidates []candidate
 	parsed := 0
@@ -389,16 +389,16 @@ func (run *memberListRun) admit(ctx context.Context, list memberList) ([]Endpoin
 			continue
 		}
 		parsed++
-		var urls []Endpoint
+		var urls []clientAddr
 		for _, raw := range lm.ClientURLs {
-			ep, ok := clientURL(raw)
+			addr, ok := clientURL(raw)
 			if !ok {
 				continue
 			}
-			if err := m.cfg.Guard.Check(ctx, ep); err != nil {
+			if err := m.cfg.Guard.Check(ctx, addr.ep); err != nil {
 				return nil, nil, fmt.Errorf("member %q lists %s: %w", lm.Name, raw, err)
 			}
-			urls = append(urls, ep)
+			urls = append(urls, addr)
 		}
 		if lm.Name == "" || lm.IsLearner || len(urls) == 0 {
 			continue // not started, a learner, or no client URL this host can use
@@ -423,7 +423,7 @@ func (run *memberListRun) admit(ctx context.Context, list memberList) ([]Endpoin
 	var set []Endpoint
 	newOnes, newAnswering := 0, 0
 	for i, c := range candidates {
-		isNew := !slices.ContainsFunc(c.urls, func(ep Endpoint) bool { return containsAddr(current, ep) })
+		isNew := !slices.ContainsFunc(c.urls, func(a clientAddr) bool { return containsAddr(current, a.ep) })
 		if isNew {
 			newOnes++
 		}
@@ -446,35 +446,58 @@ func (run *memberListRun) admit(ctx context.Context, list memberList) ([]Endpoin
 	return Normalize(set), members, nil
 }
 
-// firstAnswering returns the first of urls that accepts a connection from this host, an
-// address of the current set first; the zero Endpoint when none does.
-func (m *MemberList) firstAnswering(ctx context.Context, urls, current []Endpoint) Endpoint {
-	for _, ep := range urls {
-		if containsAddr(current, ep) {
-			return ep
+// firstAnswering returns the first of urls that answers from this host, an address of the
+// current set first; the zero Endpoint when none does.
+func (m *MemberList) firstAnswering(ctx context.Context, urls []clientAddr, current []Endpoint) Endpoint {
+	for _, a := range urls {
+		if containsAddr(current, a.ep) {
+			return a.ep
 		}
 	}
-	for _, ep := range urls {
-		dctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
-		conn, err := m.dial(dctx, "tcp", ep.Addr())
-		cancel()
-		if err == nil {
-			conn.Close()
-			return ep
+	for _, a := range urls {
+		if m.answers(ctx, a) {
+			return a.ep
 		}
 	}
 	return Endpoint{}
 }
 
+// answers reports whether a accepts a connection from this host and, for an https URL, answers
+// a TLS handshake. A connection closed before any handshake would make etcd 3.4 log a warning
+// ("rejected connection"), so a TLS member is always greeted in TLS.
+func (m *MemberList) answers(ctx context.Context, a clientAddr) bool {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+	defer cancel()
+	conn, err := m.dial(ctx, "tcp", a.ep.Addr())
+	if err != nil {
+		return false
+	}
+	if !a.tls {
+		conn.Close()
+		return true
+	}
+	h := HandshakeMember(ctx, conn, m.cfg.TLS(a.ep))
+	if h.Conn != nil {
+		h.Conn.Close()
+	}
+	return h.Scheme == SchemeTLS
+}
+
+// clientAddr is one of a member's client URLs: its address, and whether it serves TLS.
+type clientAddr struct {
+	ep  Endpoint
+	tls bool
+}
+
 // clientURL parses one of a member's client URLs; unix:// ones and those without a usable
 // host:port are skipped.
-func clientURL(raw string) (Endpoint, bool) {
+func clientURL(raw string) (clientAddr, bool) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Port() == "" {
-		return Endpoint{}, false
+		return clientAddr{}, false
 	}
 	ep, err := ParseEndpoint(u.Host)
-	return ep, err == nil
+	return clientAddr{ep: ep, tls: u.Scheme == "https"}, err == nil
 }
 
 func containsAddr(set []Endpoint, ep Endpoint) bool {

@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,12 +11,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
 )
 
@@ -273,4 +276,49 @@ func TestMemberListReadAtOnceWhenAMemberTurnsDown(t *testing.T) {
 	g.set(http.StatusOK, listJSON(memberJSON(1, "m0", false, "http://"+g.ep.Addr()), memberJSON(2, "m1", false, "http://"+second.Addr())))
 	f.view.turnDown(second) // any member: a change of the cluster is likely
 	f.waitSet(t, Normalize([]Endpoint{g.ep, second}))
+}
+
+// A member listed with an https client URL is greeted in TLS when the list is checked for
+// members that answer from this host: a connection closed before any handshake makes etcd 3.4
+// log "rejected connection" at WARN.
+func TestMemberListGreetsTLSMembersInTLS(t *testing.T) {
+	ca := testcert.NewCA(t, "cluster CA")
+	cert := ca.Issue(t, nil, []net.IP{net.IPv4(127, 0, 0, 1)})
+	ln := testnet.LocalListener(t)
+	var bare, greeted atomic.Int64
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(defaultTestTimeout))
+				tc := tls.Server(conn, &tls.Config{Certificates: []tls.Certificate{cert}})
+				if err := tc.Handshake(); errors.Is(err, io.EOF) {
+					bare.Add(1)
+					return
+				}
+				greeted.Add(1)
+				io.Copy(io.Discard, tc)
+			}()
+		}
+	}()
+	t.Cleanup(wg.Wait)
+
+	g := serveJSONGateway(t)
+	g.set(http.StatusOK, listJSON(
+		memberJSON(1, "m0", false, "http://"+g.ep.Addr()),
+		memberJSON(2, "m1", false, "https://"+ln.Addr().String()),
+	))
+	f := startMemberList(t, g, g.ep)
+	second, _ := ParseEndpoint(ln.Addr().String())
+	f.waitSet(t, Normalize([]Endpoint{g.ep, second}))
+	if bare.Load() != 0 || greeted.Load() == 0 {
+		t.Errorf("the TLS member got %d connections closed before a handshake and %d greeted in TLS; want 0 and at least 1", bare.Load(), greeted.Load())
+	}
 }
