@@ -11,10 +11,10 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -166,21 +166,16 @@ const (
 //     more than half the timeout after its deadline (the gateway was not scheduled): nothing,
 //     localShortage or seenLate.
 func classify(err error, took, timeout time.Duration) health.Evidence {
-	switch {
-	case health.LocalShortage(err):
+	switch member.Classify(err, time.Time{}.Add(timeout), time.Time{}.Add(took), timeout) {
+	case member.LocalShortage:
 		return localShortage
-	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET):
+	case member.Refused:
 		return health.DialRefused
-	case isTimeout(err) && health.ObservedLate(time.Time{}.Add(timeout), time.Time{}.Add(took), timeout):
+	case member.SeenLate:
 		return seenLate
 	default: // a timeout, EHOSTUNREACH, ENETUNREACH or anything else the member may have caused
 		return health.DialFailed
 	}
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)
 }
 
 // waitUntil returns the latest snapshot once ready accepts it, or when the dial timeout has

@@ -2,8 +2,6 @@ package health
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -37,30 +36,6 @@ func ParseCheckMode(s string) (CheckMode, error) {
 	return "", fmt.Errorf("%q is not a health check; use readyz, health or tcp", s)
 }
 
-// TLSConfig is what probes of TLS members need.
-type TLSConfig struct {
-	// Roots is --trusted-ca-file. Members from _etcd-client-ssl are verified against it, or
-	// against the system roots when nil; members listed with --endpoints are verified against
-	// it when it is given, and not at all otherwise.
-	Roots        *x509.CertPool
-	Certificates []tls.Certificate // a client certificate, for members that require one
-	Domain       string            // the SRV domain, one name a member's certificate may be valid for
-	// InsecureDiscovery is --insecure-discovery: members from _etcd-client-ssl are not verified.
-	InsecureDiscovery bool
-}
-
-// MemberTLS returns how to handshake with ep. A member from _etcd-client-ssl must hold a
-// certificate for the domain or its target; for a listed member a certificate for other names
-// is only reported, since members are often listed by IP while their certificates name DNS
-// names.
-func (c TLSConfig) MemberTLS(ep resolver.Endpoint) resolver.MemberTLS {
-	if ep.TLS {
-		return resolver.MemberTLS{Verify: !c.InsecureDiscovery, Roots: c.Roots, Names: []string{c.Domain, ep.Target},
-			StrictNames: true, Certificates: c.Certificates}
-	}
-	return resolver.MemberTLS{Verify: c.Roots != nil, Roots: c.Roots, Names: []string{ep.Host, ep.Target}, Certificates: c.Certificates}
-}
-
 // NoteAliveByKey is the note of a member that requires a client certificate the gateway does not
 // have: it is judged alive by the proof of its key alone.
 const NoteAliveByKey = "alive by its TLS key only: the member requires a client certificate; give --health-cert-file and --health-key-file to probe /readyz"
@@ -71,9 +46,9 @@ type checker struct {
 	mode    CheckMode
 	timeout time.Duration
 	dialer  net.Dialer
-	tls     resolver.MemberTLS
-	scheme  resolver.Scheme // what the member serves; a member from _etcd-client-ssl stays TLS
-	note    string          // what the last probe found worth saying, though no fault
+	tls     member.TLS
+	scheme  member.Scheme // what the member serves; a member from _etcd-client-ssl stays TLS
+	note    string        // what the last probe found worth saying, though no fault
 	plain   *http.Client
 	secure  *http.Client     // dials with HandshakeMember
 	now     func() time.Time // the clock that judges whether a timeout was seen late
@@ -82,11 +57,11 @@ type checker struct {
 	mismatch error      // the certificate's names match neither the endpoint's host nor its target
 }
 
-func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg TLSConfig) *checker {
+func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg member.Policy) *checker {
 	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}, now: time.Now,
-		tls: tlsCfg.MemberTLS(ep)}
+		tls: ep.MemberTLS(tlsCfg)}
 	if ep.TLS {
-		c.scheme = resolver.SchemeTLS
+		c.scheme = member.SchemeTLS
 	}
 	// Every probe is a new connection, as a new client's would be: a member that serves the
 	// connections it has but accepts no new one (out of descriptors, a full accept queue)
@@ -111,34 +86,15 @@ func (c *checker) close() {
 	c.secure.CloseIdleConnections()
 }
 
-// handshakeError is a TLS handshake with a member that gave no usable connection.
-type handshakeError struct{ h resolver.Handshake }
-
-func (e *handshakeError) Error() string {
-	switch {
-	case e.h.Untrusted != nil:
-		return "TLS: " + e.h.Untrusted.Error()
-	case e.h.NeedsClientCert:
-		return "TLS: the member requires a client certificate"
-	case e.h.Scheme == resolver.SchemePlain:
-		return "TLS: the member does not speak TLS"
-	case e.h.Err != nil:
-		return e.h.Err.Error()
-	}
-	return "TLS handshake failed"
-}
-
-func (e *handshakeError) Unwrap() error { return e.h.Err }
-
 // dialTLS connects to the member and handshakes as HandshakeMember does.
 func (c *checker) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
 	raw, err := c.dialer.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
-	h := resolver.HandshakeMember(ctx, raw, c.tls)
+	h := member.HandshakeTLS(ctx, raw, c.tls)
 	if h.Conn == nil {
-		return nil, &handshakeError{h}
+		return nil, h.Failure()
 	}
 	c.mu.Lock()
 	c.mismatch = h.NameMismatch
@@ -148,9 +104,9 @@ func (c *checker) dialTLS(ctx context.Context, network, addr string) (net.Conn, 
 
 // handshake is the heartbeats' TLS handshake over raw.
 func (c *checker) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) {
-	h := resolver.HandshakeMember(ctx, raw, c.tls)
+	h := member.HandshakeTLS(ctx, raw, c.tls)
 	if h.Conn == nil {
-		return nil, &handshakeError{h}
+		return nil, h.Failure()
 	}
 	return h.Conn, nil
 }
@@ -158,7 +114,7 @@ func (c *checker) handshake(ctx context.Context, raw net.Conn) (net.Conn, error)
 // canHeartbeat reports whether heartbeats can reach the member: its scheme is known and, over
 // TLS, a handshake completes.
 func (c *checker) canHeartbeat() bool {
-	return c.scheme != resolver.SchemeUnknown && c.note != NoteAliveByKey
+	return c.scheme != member.SchemeUnknown && c.note != NoteAliveByKey
 }
 
 // httpOutcome says whether an HTTP probe gave a verdict.
@@ -178,7 +134,7 @@ func (c *checker) check(ctx context.Context) (State, string) {
 	c.note = ""
 	redetected := false
 	for c.mode != CheckTCP {
-		if c.scheme == resolver.SchemeUnknown {
+		if c.scheme == member.SchemeUnknown {
 			if st, reason, known := c.detect(ctx); !known {
 				return st, reason
 			}
@@ -195,14 +151,14 @@ func (c *checker) check(ctx context.Context) (State, string) {
 				c.mode = CheckTCP
 			}
 		case schemeChanged, notHTTP:
-			if redetected || c.ep.TLS || (outcome == notHTTP && c.scheme != resolver.SchemePlain) {
+			if redetected || c.ep.TLS || (outcome == notHTTP && c.scheme != member.SchemePlain) {
 				if outcome == schemeChanged {
 					return Down, reason
 				}
 				return c.checkTCP(ctx)
 			}
 			redetected = true
-			c.scheme = resolver.SchemeUnknown
+			c.scheme = member.SchemeUnknown
 		}
 	}
 	return c.checkTCP(ctx)
@@ -212,7 +168,7 @@ func (c *checker) check(ctx context.Context) (State, string) {
 func (c *checker) noteMismatch() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.mismatch != nil && c.scheme == resolver.SchemeTLS && c.note == "" {
+	if c.mismatch != nil && c.scheme == member.SchemeTLS && c.note == "" {
 		c.note = "TLS: " + c.mismatch.Error()
 	}
 }
@@ -228,25 +184,25 @@ func (c *checker) detect(ctx context.Context) (State, string, bool) {
 		st, reason := c.dialVerdict(err, deadline)
 		return st, reason, false
 	}
-	h := resolver.HandshakeMember(ctx, raw, c.tls)
+	h := member.HandshakeTLS(ctx, raw, c.tls)
 	if h.Conn != nil {
 		h.Conn.Close()
 	}
 	switch h.Scheme {
-	case resolver.SchemeTLS:
-		c.scheme = resolver.SchemeTLS
+	case member.SchemeTLS:
+		c.scheme = member.SchemeTLS
 		return 0, "", true
-	case resolver.SchemePlain:
+	case member.SchemePlain:
 		if c.ep.TLS {
 			return Down, "listed under _etcd-client-ssl, but the member does not speak TLS", false
 		}
-		c.scheme = resolver.SchemePlain
+		c.scheme = member.SchemePlain
 		return 0, "", true
 	}
 	switch {
-	case isTimeout(h.Err) && ObservedLate(deadline, c.now(), c.timeout):
-		return tooLate, errLate.Error(), false
-	case isTimeout(h.Err):
+	case h.Err != nil && c.fault(h.Err, deadline) == member.SeenLate:
+		return tooLate, member.ErrSeenLate.Error(), false
+	case member.IsTimeout(h.Err):
 		return Down, fmt.Sprintf("no answer to a TLS ClientHello within %s; the member's scheme is not known yet", c.timeout), false
 	}
 	// It answered, but neither TLS nor plain HTTP: not etcd, as a TCP connect judges.
@@ -254,13 +210,18 @@ func (c *checker) detect(ctx context.Context) (State, string, bool) {
 	return st, reason, false
 }
 
+// fault says what err, of an exchange due at deadline, tells of the member.
+func (c *checker) fault(err error, deadline time.Time) member.Fault {
+	return member.Classify(err, deadline, c.now(), c.timeout)
+}
+
 // dialVerdict judges a failed dial as checkTCP does.
 func (c *checker) dialVerdict(err error, deadline time.Time) (State, string) {
-	switch {
-	case LocalShortage(err):
+	switch c.fault(err, deadline) {
+	case member.LocalShortage:
 		return noVerdict, err.Error()
-	case isTimeout(err) && ObservedLate(deadline, c.now(), c.timeout):
-		return tooLate, errLate.Error()
+	case member.SeenLate:
+		return tooLate, member.ErrSeenLate.Error()
 	}
 	return Down, err.Error()
 }
@@ -291,28 +252,29 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 	liveness := make(chan probeAnswer, 1)
 	go func() { liveness <- c.get(ctx, live) }()
 	ready := c.get(ctx, path)
-	var hs *handshakeError
+	var hs *member.HandshakeError
 	if ready.err != nil && !errors.As(ready.err, &hs) {
 		cancel() // refused or timed out: the liveness request says nothing more; a handshake's end comes soon
 	}
 	alive := <-liveness
 
 	if err := ready.err; err != nil {
+		fault := c.fault(err, deadline)
 		switch {
-		case LocalShortage(err):
+		case fault == member.LocalShortage:
 			return noVerdict, err.Error(), answered
-		case errors.As(err, &hs) && hs.h.NeedsClientCert:
+		case errors.As(err, &hs) && hs.Handshake.NeedsClientCert:
 			c.note = NoteAliveByKey
 			return Healthy, "", answered
-		case errors.As(err, &hs) && hs.h.Untrusted != nil:
+		case errors.As(err, &hs) && hs.Handshake.Untrusted != nil:
 			return Down, hs.Error(), answered
-		case errors.As(err, &hs) && hs.h.Scheme == resolver.SchemePlain:
+		case errors.As(err, &hs) && hs.Handshake.Scheme == member.SchemePlain:
 			return Down, hs.Error(), schemeChanged
-		case isTimeout(err) && ObservedLate(deadline, c.now(), c.timeout):
-			return tooLate, errLate.Error(), answered
-		case dialError(err) != nil:
-			return Down, dialError(err).Err.Error(), answered
-		case isTimeout(err):
+		case fault == member.SeenLate:
+			return tooLate, member.ErrSeenLate.Error(), answered
+		case member.DialError(err) != nil:
+			return Down, member.DialError(err).Err.Error(), answered
+		case fault == member.TimedOut:
 			if alive.err == nil && alive.status == http.StatusOK {
 				return Degraded, fmt.Sprintf("alive, but no answer to GET %s within %s", path, c.timeout), answered
 			}
@@ -374,7 +336,7 @@ func (c *checker) get(ctx context.Context, path string) probeAnswer {
 // do sends one request with body to path on the member, over TLS when it speaks TLS.
 func (c *checker) do(ctx context.Context, method, path, body string) probeAnswer {
 	client := c.plain
-	if c.scheme == resolver.SchemeTLS {
+	if c.scheme == member.SchemeTLS {
 		client = c.secure
 	}
 	var content io.Reader

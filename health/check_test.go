@@ -15,6 +15,7 @@ import (
 
 	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -87,7 +88,7 @@ func TestCheckModes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ep := fakeMember(t, tt.handlers, nil)
-			c := newChecker(ep, tt.mode, time.Second, TLSConfig{})
+			c := newChecker(ep, tt.mode, time.Second, member.Policy{})
 			defer c.close()
 			got, reason := c.check(context.Background())
 			if got != tt.want || !strings.Contains(reason, tt.wantReason) {
@@ -103,14 +104,14 @@ func TestCheckModes(t *testing.T) {
 func TestCheckWithoutHTTP(t *testing.T) {
 	t.Run("not HTTP: TCP connect decides", func(t *testing.T) {
 		silentClose := testnet.Serve(t, func(c *net.TCPConn) { c.Write([]byte("garbage\r\n\r\n")) })
-		c := newChecker(endpointOf(t, silentClose.Addr()), CheckReadyz, time.Second, TLSConfig{})
+		c := newChecker(endpointOf(t, silentClose.Addr()), CheckReadyz, time.Second, member.Policy{})
 		defer c.close()
 		if got, reason := c.check(context.Background()); got != Healthy {
 			t.Errorf("check = %s %q, want healthy by TCP", got, reason)
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
-		c := newChecker(endpointOf(t, testnet.ClosedPort(t)), CheckReadyz, time.Second, TLSConfig{})
+		c := newChecker(endpointOf(t, testnet.ClosedPort(t)), CheckReadyz, time.Second, member.Policy{})
 		defer c.close()
 		if got, _ := c.check(context.Background()); got != Down {
 			t.Errorf("check = %s, want down", got)
@@ -119,7 +120,7 @@ func TestCheckWithoutHTTP(t *testing.T) {
 	t.Run("frozen: accepts, never answers", func(t *testing.T) {
 		frozen := testnet.Serve(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
 		const timeout = 200 * time.Millisecond
-		c := newChecker(endpointOf(t, frozen.Addr()), CheckReadyz, timeout, TLSConfig{})
+		c := newChecker(endpointOf(t, frozen.Addr()), CheckReadyz, timeout, member.Policy{})
 		defer c.close()
 		began := time.Now()
 		got, reason := c.check(context.Background())
@@ -138,13 +139,13 @@ func TestCheckTLSMemberWithClientCertificate(t *testing.T) {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    ca.Pool(),
 	})
-	with := newChecker(ep, CheckReadyz, time.Second, TLSConfig{Roots: ca.Pool(), Certificates: []tls.Certificate{clientCert}, Domain: "example.com"})
+	with := newChecker(ep, CheckReadyz, time.Second, member.Policy{Roots: ca.Pool(), Certificates: []tls.Certificate{clientCert}, Domain: "example.com"})
 	defer with.close()
 	if got, reason := with.check(context.Background()); got != Healthy {
 		t.Errorf("with a client certificate: %s %q, want healthy", got, reason)
 	}
 	other := testcert.NewCA(t, "other")
-	wrongRoots := newChecker(ep, CheckReadyz, time.Second, TLSConfig{Roots: other.Pool(), Certificates: []tls.Certificate{clientCert}, Domain: "example.com"})
+	wrongRoots := newChecker(ep, CheckReadyz, time.Second, member.Policy{Roots: other.Pool(), Certificates: []tls.Certificate{clientCert}, Domain: "example.com"})
 	defer wrongRoots.close()
 	if got, reason := wrongRoots.check(context.Background()); got != Down || !strings.Contains(reason, "certificate") {
 		t.Errorf("a member whose certificate does not verify: %s %q, want down", got, reason)
@@ -176,7 +177,7 @@ func TestCheckAliveButNotReadyInTime(t *testing.T) {
 		},
 		"/livez": answer(200, "ok\n"),
 	}, nil)
-	c := newChecker(ep, CheckReadyz, 200*time.Millisecond, TLSConfig{})
+	c := newChecker(ep, CheckReadyz, 200*time.Millisecond, member.Policy{})
 	defer c.close()
 	if got, reason := c.check(context.Background()); got != Degraded || !strings.Contains(reason, "alive") {
 		t.Errorf("check = %s %q, want degraded", got, reason)

@@ -9,6 +9,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/etcd-gateway/etcd-gateway/member"
 )
 
 // heartbeatRequest is the heartbeat, written by hand: etcd answers GET /version without
@@ -47,12 +49,8 @@ func (h *heartbeater) speak(secure bool, handshake func(ctx context.Context, raw
 	}
 }
 
-// errLate is a timeout the gateway saw so long after its deadline that it was not scheduled in
-// time: it says nothing about the member.
-var errLate = errors.New("timed out, but seen long after the deadline: the gateway was not scheduled; not counted")
-
 // isLate reports whether err is a timeout seen late.
-func isLate(err error) bool { return errors.Is(err, errLate) }
+func isLate(err error) bool { return errors.Is(err, member.ErrSeenLate) }
 
 // close drops the kept-alive connection.
 func (h *heartbeater) close() {
@@ -69,17 +67,18 @@ func (h *heartbeater) beat(ctx context.Context, timeout time.Duration) error {
 	deadline := h.now().Add(timeout)
 	fresh := h.conn == nil
 	err := h.exchange(ctx, deadline)
-	if err != nil && !fresh && !isTimeout(err) && dialError(err) == nil {
+	if err != nil && !fresh && !member.IsTimeout(err) && member.DialError(err) == nil {
 		err = h.exchange(ctx, deadline) // the member closed our idle connection: reconnect
 	}
-	switch {
-	case err == nil:
+	if err == nil {
 		return nil
-	case isTimeout(err) && ObservedLate(deadline, h.now(), timeout):
-		return errLate
-	case isTimeout(err):
+	}
+	switch fault := member.Classify(err, deadline, h.now(), timeout); {
+	case fault == member.SeenLate:
+		return member.ErrSeenLate
+	case fault == member.TimedOut:
 		return fmt.Errorf("no answer to heartbeats (GET /version) within %s", timeout)
-	case dialError(err) != nil:
+	case member.DialError(err) != nil:
 		return fmt.Errorf("heartbeat: %w", err)
 	}
 	return nil // an answer, if not HTTP: the process is alive
@@ -142,19 +141,5 @@ func (h *heartbeater) dial(ctx context.Context, deadline time.Time) error {
 		}
 	}
 	h.conn, h.r = conn, bufio.NewReaderSize(conn, 512)
-	return nil
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)
-}
-
-// dialError returns the failed dial inside err, or nil when err is not one.
-func dialError(err error) *net.OpError {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return op
-	}
 	return nil
 }

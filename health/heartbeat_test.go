@@ -12,6 +12,7 @@ import (
 
 	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -60,7 +61,7 @@ func TestHeartbeaterVerdicts(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			hb := newHeartbeater(tt.addr)
-			chk := newChecker(resolver.Endpoint{Host: "127.0.0.1"}, CheckReadyz, time.Second, TLSConfig{Roots: ca.Pool()})
+			chk := newChecker(resolver.Endpoint{Host: "127.0.0.1"}, CheckReadyz, time.Second, member.Policy{Roots: ca.Pool()})
 			hb.speak(tt.secure, chk.handshake)
 			defer hb.close()
 			err := hb.beat(context.Background(), 200*time.Millisecond)

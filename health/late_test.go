@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -41,38 +42,17 @@ func lateClock() func() time.Time {
 	}
 }
 
-func TestObservedLate(t *testing.T) {
-	deadline := time.Unix(100, 0)
-	tests := []struct {
-		observed time.Duration // after the deadline
-		bound    time.Duration
-		want     bool
-	}{
-		{0, time.Second, false},
-		{10 * time.Millisecond, time.Second, false},
-		{500 * time.Millisecond, time.Second, false},
-		{501 * time.Millisecond, time.Second, true},
-		{1500 * time.Millisecond, 250 * time.Millisecond, true},
-		{-time.Second, time.Second, false},
-	}
-	for _, tt := range tests {
-		if got := ObservedLate(deadline, deadline.Add(tt.observed), tt.bound); got != tt.want {
-			t.Errorf("ObservedLate(%s after the deadline, bound %s) = %v, want %v", tt.observed, tt.bound, got, tt.want)
-		}
-	}
-}
-
 // A probe that times out is the member's fault only when the gateway saw the timeout in time.
 func TestProbeTimeoutSeenLateIsNotCounted(t *testing.T) {
 	ep := silentMember(t)
 	for _, mode := range []CheckMode{CheckReadyz, CheckHealth} {
-		onTime := newChecker(ep, mode, 100*time.Millisecond, TLSConfig{})
+		onTime := newChecker(ep, mode, 100*time.Millisecond, member.Policy{})
 		if got, reason := onTime.check(context.Background()); got != Down || !strings.Contains(reason, "no answer") {
 			t.Errorf("%s: a silent member seen in time: %s %q, want down", mode, got, reason)
 		}
 		onTime.close()
 
-		late := newChecker(ep, mode, 100*time.Millisecond, TLSConfig{})
+		late := newChecker(ep, mode, 100*time.Millisecond, member.Policy{})
 		late.now = lateClock()
 		if got, reason := late.check(context.Background()); got != tooLate {
 			t.Errorf("%s: a timeout seen a second late: %s %q, want it not counted", mode, got, reason)

@@ -8,6 +8,7 @@ import (
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
 
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -87,8 +88,8 @@ func NewManager(cfg ManagerConfig) *Manager {
 // String names the service in supervisor events.
 func (m *Manager) String() string { return "health/manager" }
 
-// member is the Manager's per-run state of one endpoint.
-type member struct {
+// tracked is the Manager's per-run state of one endpoint.
+type tracked struct {
 	ep      resolver.Endpoint
 	state   State
 	reason  string // why it is not healthy
@@ -110,7 +111,7 @@ type run struct {
 	m       *Manager
 	probers *suture.Supervisor
 	set     []resolver.Endpoint
-	members map[resolver.HostPort]*member
+	members map[resolver.HostPort]*tracked
 	// reprobeLater fires when members skipped by a re-probe (asked too recently) may be
 	// asked again; nil when none waits.
 	reprobeLater *time.Timer
@@ -121,7 +122,7 @@ func (m *Manager) Serve(ctx context.Context) error {
 	r := &run{
 		m:       m,
 		probers: suture.New("probers", m.proberSpec),
-		members: make(map[resolver.HostPort]*member),
+		members: make(map[resolver.HostPort]*tracked),
 	}
 	proberCtx, stopProbers := context.WithCancel(ctx)
 	probersDone := r.probers.ServeBackground(proberCtx)
@@ -189,7 +190,7 @@ func (r *run) follow(set []resolver.Endpoint) {
 			if !known {
 				state = Healthy
 			}
-			mb = &member{ep: ep, state: state, reason: prev.Reason(ep), changed: prev.Since(ep), probeNow: make(chan struct{}, 1)}
+			mb = &tracked{ep: ep, state: state, reason: prev.Reason(ep), changed: prev.Since(ep), probeNow: make(chan struct{}, 1)}
 			if !known && adding {
 				mb.changed = r.m.now()
 				r.m.table.loadOf(hp).beginSlowStart(mb.changed)
@@ -216,7 +217,7 @@ func (r *run) follow(set []resolver.Endpoint) {
 }
 
 // startProber starts a prober of a new generation for mb.
-func (r *run) startProber(mb *member) {
+func (r *run) startProber(mb *tracked) {
 	r.m.gen++
 	mb.gen = r.m.gen
 	mb.token = r.probers.Add(r.m.wrapProber(&Prober{
@@ -275,7 +276,7 @@ func (r *run) record(rep Report) {
 // holdsDown reports whether the probe rep of mb, a down member, must not count because mb is
 // held out of rotation: it keeps coming back while other members serve. Each answer after a
 // failure is a return; the first within returnWindow is taken at once.
-func (r *run) holdsDown(mb *member, rep Report) bool {
+func (r *run) holdsDown(mb *tracked, rep Report) bool {
 	wasAnswering := mb.answering
 	mb.answering = rep.State > Down
 	if !mb.answering || r.m.table.Load().HealthyCount() == 0 {
@@ -304,14 +305,14 @@ func (r *run) holdsDown(mb *member, rep Report) bool {
 func (r *run) recordProbe(rep Report) {
 	prev, _ := r.m.table.LastProbe(rep.Endpoint)
 	scheme := rep.Scheme
-	if scheme == resolver.SchemeUnknown {
+	if scheme == member.SchemeUnknown {
 		scheme = prev.Scheme // not found out this time: what was known stands
 	}
 	r.m.table.recordProbe(rep.Endpoint.HostPort(), Probe{At: rep.At, Result: rep.State, Reason: rep.Reason, Scheme: scheme, Note: rep.Note})
 	if scheme != prev.Scheme {
 		r.m.log.Info("member scheme found", zap.Stringer("endpoint", rep.Endpoint), zap.Stringer("scheme", scheme),
 			zap.Stringer("was", prev.Scheme))
-		if scheme == resolver.SchemeTLS && !rep.Endpoint.TLS && r.m.probe.TLS.Roots == nil && !r.m.unverifiedLogged {
+		if scheme == member.SchemeTLS && !rep.Endpoint.TLS && r.m.probe.TLS.Roots == nil && !r.m.unverifiedLogged {
 			r.m.unverifiedLogged = true
 			r.m.log.Info("listed members that serve TLS are probed without verifying their certificates; clients still verify end to end; give --trusted-ca-file to verify them too")
 		}
@@ -338,7 +339,7 @@ func (r *run) reprobeAll() {
 // askProbe asks mb's prober to probe at once, unless it was asked less than reprobeGap ago;
 // force asks regardless (a failed dial is news about this member alone). It reports whether it
 // asked.
-func (r *run) askProbe(mb *member, force bool) bool {
+func (r *run) askProbe(mb *tracked, force bool) bool {
 	now := r.m.now()
 	if !force && now.Sub(mb.asked) < reprobeGap {
 		return false

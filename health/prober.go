@@ -8,6 +8,7 @@ import (
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
 
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -19,9 +20,9 @@ type ProbeConfig struct {
 	// RetryDelay (--retry-delay) caps the backoff between probes of a down endpoint while others
 	// are healthy (see downProbeGap).
 	RetryDelay time.Duration
-	Rise       int       // consecutive better results before the state improves
-	Fall       int       // consecutive worse results before the state worsens
-	TLS        TLSConfig // for members that serve TLS
+	Rise       int           // consecutive better results before the state improves
+	Fall       int           // consecutive worse results before the state worsens
+	TLS        member.Policy // for members that serve TLS
 	// Heartbeat is the period of the liveness heartbeat between two probes of a member that is
 	// not down (GET /version, which costs etcd no storage access), sent while the gateway
 	// forwards any connection; 0 turns it off. Two heartbeats in a row without an answer within
@@ -81,7 +82,7 @@ func (p *Prober) Serve(ctx context.Context) error {
 	chk := newChecker(p.ep, p.cfg.Mode, p.cfg.Timeout, p.cfg.TLS)
 	chk.now = p.now
 	defer chk.close()
-	if last, ok := p.table.LastProbe(p.ep); ok && last.Scheme != resolver.SchemeUnknown && !p.ep.TLS {
+	if last, ok := p.table.LastProbe(p.ep); ok && last.Scheme != member.SchemeUnknown && !p.ep.TLS {
 		chk.scheme = last.Scheme // found before this prober's restart
 	}
 	hb := newHeartbeater(p.ep.Addr())
@@ -109,7 +110,7 @@ func (p *Prober) Serve(ctx context.Context) error {
 			continue
 		}
 		late = 0
-		hb.speak(chk.scheme == resolver.SchemeTLS, chk.handshake)
+		hb.speak(chk.scheme == member.SchemeTLS, chk.handshake)
 		if err := p.wait(ctx, hb, chk.canHeartbeat(), began); err != nil {
 			return err
 		}
@@ -177,7 +178,7 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 				misses = 0
 			case ctx.Err() != nil:
 				return ctx.Err()
-			case LocalShortage(err):
+			case member.IsLocalShortage(err):
 				// The gateway could not ask: no news of the member. Wait a whole period.
 			case isLate(err):
 				confirm = true // not counted: ask again at once
@@ -204,9 +205,9 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 // ProbeResult is the outcome of ProbeOnce.
 type ProbeResult struct {
 	State  State
-	Reason string          // why it is not healthy
-	Scheme resolver.Scheme // what the member serves
-	Note   string          // what the probe found worth saying, though no fault
+	Reason string        // why it is not healthy
+	Scheme member.Scheme // what the member serves
+	Note   string        // what the probe found worth saying, though no fault
 }
 
 // ProbeOnce probes ep once as a Prober would.

@@ -3,6 +3,7 @@ package health
 import (
 	"time"
 
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -42,11 +43,11 @@ func (e Evidence) String() string {
 type Report struct {
 	Endpoint resolver.Endpoint
 	Evidence Evidence
-	State    State           // what the evidence says; Down for every kind but Probed
-	Reason   string          // why it is not healthy; empty when healthy
-	At       time.Time       // when the probe began; Probed only
-	Scheme   resolver.Scheme // what the member serves, as the probe found; Probed only
-	Note     string          // what the probe found worth saying, though no fault; Probed only
+	State    State         // what the evidence says; Down for every kind but Probed
+	Reason   string        // why it is not healthy; empty when healthy
+	At       time.Time     // when the probe began; Probed only
+	Scheme   member.Scheme // what the member serves, as the probe found; Probed only
+	Note     string        // what the probe found worth saying, though no fault; Probed only
 	// Gen is the generation of the prober that sent it; the Manager drops a report of a
 	// prober it has since replaced. 0 for the dialer's reports, which any generation takes.
 	Gen uint64

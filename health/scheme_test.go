@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -92,16 +93,16 @@ func TestSchemeIsFoundWithoutPlaintextToATLSMember(t *testing.T) {
 		name       string
 		handlers   map[string]http.HandlerFunc
 		tls        *tls.Config
-		wantScheme resolver.Scheme
+		wantScheme member.Scheme
 		want       State
 	}{
-		{"plain member", readyzOK, nil, resolver.SchemePlain, Healthy},
-		{"TLS member", readyzOK, serverTLS, resolver.SchemeTLS, Healthy},
-		{"TLS learner", learner, serverTLS, resolver.SchemeTLS, Down},
+		{"plain member", readyzOK, nil, member.SchemePlain, Healthy},
+		{"TLS member", readyzOK, serverTLS, member.SchemeTLS, Healthy},
+		{"TLS learner", learner, serverTLS, member.SchemeTLS, Down},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			m, addr := serveMember(t, "127.0.0.1:0", tt.handlers, tt.tls)
-			c := newChecker(listed(t, addr), CheckReadyz, time.Second, TLSConfig{})
+			c := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{})
 			defer c.close()
 			for i := range 5 {
 				if got, reason := c.check(context.Background()); got != tt.want {
@@ -123,14 +124,14 @@ func TestSchemeIsFoundWithoutPlaintextToATLSMember(t *testing.T) {
 func TestSchemeChangeIsFoundAgain(t *testing.T) {
 	ca := testcert.NewCA(t, "cluster CA")
 	plain, addr := serveMember(t, "127.0.0.1:0", readyzOK, nil)
-	c := newChecker(listed(t, addr), CheckReadyz, time.Second, TLSConfig{})
+	c := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{})
 	defer c.close()
-	if got, reason := c.check(context.Background()); got != Healthy || c.scheme != resolver.SchemePlain {
+	if got, reason := c.check(context.Background()); got != Healthy || c.scheme != member.SchemePlain {
 		t.Fatalf("plain: %s %q, scheme %s", got, reason, c.scheme)
 	}
 	plain.stop()
 	secure, _ := serveMember(t, addr, readyzOK, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, []string{"example.com"}, nil)}})
-	if got, reason := c.check(context.Background()); got != Healthy || c.scheme != resolver.SchemeTLS {
+	if got, reason := c.check(context.Background()); got != Healthy || c.scheme != member.SchemeTLS {
 		t.Fatalf("after the member turned TLS: %s %q, scheme %s", got, reason, c.scheme)
 	}
 	for range 3 {
@@ -142,7 +143,7 @@ func TestSchemeChangeIsFoundAgain(t *testing.T) {
 
 	secure.stop()
 	serveMember(t, addr, readyzOK, nil)
-	if got, reason := c.check(context.Background()); got != Healthy || c.scheme != resolver.SchemePlain {
+	if got, reason := c.check(context.Background()); got != Healthy || c.scheme != member.SchemePlain {
 		t.Fatalf("after the member turned plain again: %s %q, scheme %s", got, reason, c.scheme)
 	}
 }
@@ -157,7 +158,7 @@ func TestMemberThatRequiresAClientCertificate(t *testing.T) {
 	notReady := map[string]http.HandlerFunc{"/readyz": answer(503, "[-]linearizable_read failed: no leader\n"), "/livez": answer(200, "ok\n")}
 	m, addr := serveMember(t, "127.0.0.1:0", notReady, serverTLS)
 
-	without := newChecker(listed(t, addr), CheckReadyz, time.Second, TLSConfig{Roots: ca.Pool()})
+	without := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{Roots: ca.Pool()})
 	defer without.close()
 	if got, reason := without.check(context.Background()); got != Healthy || without.note != NoteAliveByKey {
 		t.Errorf("without a client certificate: %s %q note %q; want healthy, alive by key", got, reason, without.note)
@@ -169,7 +170,7 @@ func TestMemberThatRequiresAClientCertificate(t *testing.T) {
 		t.Errorf("the member logged %d failed handshakes; the gateway must end them with a clean EOF: %q", len(w), w)
 	}
 
-	with := newChecker(listed(t, addr), CheckReadyz, time.Second, TLSConfig{Roots: ca.Pool(), Certificates: []tls.Certificate{ca.Issue(t, []string{"gateway"}, nil)}})
+	with := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{Roots: ca.Pool(), Certificates: []tls.Certificate{ca.Issue(t, []string{"gateway"}, nil)}})
 	defer with.close()
 	if got, reason := with.check(context.Background()); got != Degraded || !strings.Contains(reason, "linearizable_read") {
 		t.Errorf("with a client certificate: %s %q; want /readyz's verdict, degraded", got, reason)
@@ -180,13 +181,13 @@ func TestListedMemberVerification(t *testing.T) {
 	ca := testcert.NewCA(t, "cluster CA")
 	_, addr := serveMember(t, "127.0.0.1:0", readyzOK, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, []string{"m1.example.com"}, nil)}})
 
-	c := newChecker(listed(t, addr), CheckReadyz, time.Second, TLSConfig{Roots: ca.Pool()})
+	c := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{Roots: ca.Pool()})
 	defer c.close()
 	if got, reason := c.check(context.Background()); got != Healthy || !strings.Contains(c.note, "m1.example.com") {
 		t.Errorf("certificate for another name than the listed IP: %s %q note %q; want healthy, the mismatch noted", got, reason, c.note)
 	}
 	other := testcert.NewCA(t, "someone else")
-	bad := newChecker(listed(t, addr), CheckReadyz, time.Second, TLSConfig{Roots: other.Pool()})
+	bad := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{Roots: other.Pool()})
 	defer bad.close()
 	if got, reason := bad.check(context.Background()); got != Down || !strings.Contains(reason, "not trusted") {
 		t.Errorf("chain that does not verify: %s %q; want down", got, reason)
@@ -199,12 +200,12 @@ func TestInsecureDiscoveryReachesProbes(t *testing.T) {
 	ep := listed(t, addr)
 	ep.TLS, ep.Target = true, "m1.example.com" // from _etcd-client-ssl
 
-	insecure := newChecker(ep, CheckReadyz, time.Second, TLSConfig{Domain: "example.com", InsecureDiscovery: true})
+	insecure := newChecker(ep, CheckReadyz, time.Second, member.Policy{Domain: "example.com", InsecureDiscovery: true})
 	defer insecure.close()
 	if got, reason := insecure.check(context.Background()); got != Healthy {
 		t.Errorf("with --insecure-discovery: %s %q, want healthy", got, reason)
 	}
-	verified := newChecker(ep, CheckReadyz, time.Second, TLSConfig{Domain: "example.com"})
+	verified := newChecker(ep, CheckReadyz, time.Second, member.Policy{Domain: "example.com"})
 	defer verified.close()
 	if got, _ := verified.check(context.Background()); got != Down {
 		t.Errorf("without --insecure-discovery: %s, want down: the system roots do not know it", got)
@@ -214,7 +215,7 @@ func TestInsecureDiscoveryReachesProbes(t *testing.T) {
 func TestTLSHeartbeatsKeepOneConnection(t *testing.T) {
 	ca := testcert.NewCA(t, "cluster CA")
 	m, addr := serveMember(t, "127.0.0.1:0", readyzOK, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, []string{"example.com"}, nil)}})
-	c := newChecker(listed(t, addr), CheckReadyz, time.Second, TLSConfig{})
+	c := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{})
 	defer c.close()
 	hb := newHeartbeater(addr)
 	defer hb.close()
@@ -248,7 +249,7 @@ func TestManagerRecordsSchemeAndNoteOnce(t *testing.T) {
 	for probes < 5 {
 		<-f.table.Probed()
 		p, ok := f.table.LastProbe(ep)
-		if !ok || p.Scheme != resolver.SchemeTLS || p.Note != NoteAliveByKey {
+		if !ok || p.Scheme != member.SchemeTLS || p.Note != NoteAliveByKey {
 			t.Fatalf("last probe = %+v, want https, alive by key", p)
 		}
 		probes++

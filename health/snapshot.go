@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -180,9 +181,9 @@ type Table struct {
 type Probe struct {
 	At     time.Time
 	Result State
-	Reason string          // empty when healthy
-	Scheme resolver.Scheme // what the member serves, as far as known
-	Note   string          // what the probe found worth saying, though no fault
+	Reason string        // empty when healthy
+	Scheme member.Scheme // what the member serves, as far as known
+	Note   string        // what the probe found worth saying, though no fault
 }
 
 // LastProbe returns the latest probe of the endpoint at ep's address, and false before its

@@ -1,11 +1,5 @@
 package health
 
-import (
-	"errors"
-	"syscall"
-	"time"
-)
-
 // State is what the gateway knows of one endpoint.
 type State int8
 
@@ -29,25 +23,6 @@ const (
 	// gateway itself was not scheduled (paused, starved of CPU). It is retried at once.
 	tooLate State = -2
 )
-
-// LocalShortage reports whether err is the gateway's own lack of resources (descriptors, local
-// ports, socket buffers, memory), which says nothing about the member it was talking to.
-func LocalShortage(err error) bool {
-	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
-		if errors.Is(err, errno) {
-			return true
-		}
-	}
-	return false
-}
-
-// ObservedLate reports whether a timeout of an operation bounded by bound, due at deadline,
-// was observed more than half its bound after the deadline. Then the gateway itself was not
-// scheduled in time (it was paused, or starved of CPU), and the timeout says nothing about the
-// member: it must not count, and the operation is retried at once.
-func ObservedLate(deadline, observed time.Time, bound time.Duration) bool {
-	return observed.Sub(deadline) > bound/2
-}
 
 func (s State) String() string {
 	switch s {

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -160,10 +161,13 @@ func (s *Service) Serve(ctx context.Context) error {
 	}
 }
 
-// temporary reports whether an accept error is worth waiting out.
+// temporary reports whether an accept error is worth waiting out: the gateway's own shortage,
+// or a connection that failed before it was accepted.
 func temporary(err error) bool {
-	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
-		syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EPROTO, syscall.EPERM, syscall.EINTR} {
+	if member.IsLocalShortage(err) {
+		return true
+	}
+	for _, errno := range []syscall.Errno{syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EPROTO, syscall.EPERM, syscall.EINTR} {
 		if errors.Is(err, errno) {
 			return true
 		}

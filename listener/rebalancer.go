@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -169,7 +170,7 @@ func (r *Rebalancer) sampleConns(now time.Time, eps []resolver.Endpoint, live []
 		control[i] = controlFrameBytes
 		if ep.TLS {
 			control[i] = controlFrameBytesTLS
-		} else if probe, ok := r.table.LastProbe(ep); ok && probe.Scheme == resolver.SchemeTLS {
+		} else if probe, ok := r.table.LastProbe(ep); ok && probe.Scheme == member.SchemeTLS {
 			control[i] = controlFrameBytesTLS
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+
+	"github.com/etcd-gateway/etcd-gateway/member"
 )
 
 // Endpoint is one etcd member's client address. It is a comparable value type: two endpoints
@@ -42,6 +44,9 @@ type HostPort struct {
 
 // HostPort returns the endpoint's address as a key.
 func (e Endpoint) HostPort() HostPort { return HostPort{Host: e.Host, Port: e.Port} }
+
+// MemberTLS is how to handshake with the member at e under the gateway's trust policy.
+func (e Endpoint) MemberTLS(p member.Policy) member.TLS { return p.For(e.Host, e.Target, e.TLS) }
 
 // String returns "host:port", with IPv6 literals in brackets.
 func (h HostPort) String() string { return net.JoinHostPort(h.Host, strconv.Itoa(int(h.Port))) }

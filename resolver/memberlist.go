@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
 )
@@ -33,18 +34,18 @@ type ClusterView interface {
 	// Down returns the members down now.
 	Down() []Endpoint
 	// Scheme returns what the member serves, as the probes found.
-	Scheme(ep Endpoint) Scheme
+	Scheme(ep Endpoint) member.Scheme
 }
 
 // MemberListConfig configures following the member list.
 type MemberListConfig struct {
-	Interval time.Duration            // --endpoints-auto-sync-interval
-	Timeout  time.Duration            // bound of each request and each reachability check
-	Seeds    *Updates                 // the starting endpoints, from --endpoints, a file or SRV
-	Out      *Updates                 // the set the gateway serves
-	Cluster  ClusterView              // which members are healthy, and what they speak
-	TLS      func(Endpoint) MemberTLS // how to handshake with a member that serves TLS
-	Guard    *LoopGuard               // refuses a list that holds the gateway itself
+	Interval time.Duration // --endpoints-auto-sync-interval
+	Timeout  time.Duration // bound of each request and each reachability check
+	Seeds    *Updates      // the starting endpoints, from --endpoints, a file or SRV
+	Out      *Updates      // the set the gateway serves
+	Cluster  ClusterView   // which members are healthy, and what they speak
+	Trust    member.Policy // how members that serve TLS are trusted
+	Guard    *LoopGuard    // refuses a list that holds the gateway itself
 	Log      *zap.Logger
 }
 
@@ -272,24 +273,21 @@ type memberList struct {
 // errNoJSONGateway is a member whose client port has no JSON gateway.
 var errNoJSONGateway = errors.New("the member serves no JSON gateway on its client port (--enable-grpc-gateway=false or --listen-client-http-urls); the member list cannot be read from it")
 
-// errClientCert is a member that requires a client certificate the gateway does not have.
-var errClientCert = errors.New("the member requires a client certificate; give --health-cert-file and --health-key-file")
-
 // errAuth is a member list refused for want of authentication.
 var errAuth = errors.New("the cluster requires authentication to list members (etcd 3.6.16 and later with auth enabled): give a client certificate whose CN is a user with --health-cert-file; passwords are not supported")
 
 // fetch asks ep for the member list over the scheme the probes found.
 func (m *MemberList) fetch(ctx context.Context, ep Endpoint) (memberList, error) {
 	scheme := m.cfg.Cluster.Scheme(ep)
-	if scheme == SchemeUnknown {
+	if scheme == member.SchemeUnknown {
 		return memberList{}, fmt.Errorf("the scheme of %s is not known yet", ep)
 	}
-	return fetchMemberList(ctx, m.dial, ep, scheme, m.cfg.TLS(ep), m.cfg.Timeout)
+	return fetchMemberList(ctx, m.dial, ep, scheme, ep.MemberTLS(m.cfg.Trust), m.cfg.Timeout)
 }
 
 // ListMembers asks ep for the cluster's member list as the gateway does when it follows it,
 // and returns the members: the check command prints them.
-func ListMembers(ctx context.Context, ep Endpoint, scheme Scheme, tlsCfg MemberTLS, timeout time.Duration) ([]ListedMember, error) {
+func ListMembers(ctx context.Context, ep Endpoint, scheme member.Scheme, tlsCfg member.TLS, timeout time.Duration) ([]ListedMember, error) {
 	d := &net.Dialer{Timeout: timeout}
 	list, err := fetchMemberList(ctx, d.DialContext, ep, scheme, tlsCfg, timeout)
 	if err != nil {
@@ -313,26 +311,21 @@ type ListedMember struct {
 
 // fetchMemberList does POST /v3/cluster/member/list on ep: the JSON gateway every etcd since
 // 3.4 serves on its client port.
-func fetchMemberList(ctx context.Context, dial func(context.Context, string, string) (net.Conn, error), ep Endpoint, scheme Scheme, tlsCfg MemberTLS, timeout time.Duration) (memberList, error) {
+func fetchMemberList(ctx context.Context, dial func(context.Context, string, string) (net.Conn, error), ep Endpoint, scheme member.Scheme, tlsCfg member.TLS, timeout time.Duration) (memberList, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	transport := &http.Transport{DialContext: dial, DisableKeepAlives: true}
-	if scheme == SchemeTLS {
+	if scheme == member.SchemeTLS {
 		transport.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			raw, err := dial(ctx, network, addr)
 			if err != nil {
 				return nil, err
 			}
-			h := HandshakeMember(ctx, raw, tlsCfg)
-			switch {
-			case h.Conn != nil:
-				return h.Conn, nil
-			case h.NeedsClientCert:
-				return nil, errClientCert
-			case h.Untrusted != nil:
-				return nil, fmt.Errorf("TLS: %w", h.Untrusted)
+			h := member.HandshakeTLS(ctx, raw, tlsCfg)
+			if err := h.Failure(); err != nil {
+				return nil, err
 			}
-			return nil, fmt.Errorf("TLS: %w", h.Err)
+			return h.Conn, nil
 		}
 	}
 	defer transport.CloseIdleConnections()
@@ -476,11 +469,11 @@ func (m *MemberList) answers(ctx context.Context, a clientAddr) bool {
 		conn.Close()
 		return true
 	}
-	h := HandshakeMember(ctx, conn, m.cfg.TLS(a.ep))
+	h := member.HandshakeTLS(ctx, conn, a.ep.MemberTLS(m.cfg.Trust))
 	if h.Conn != nil {
 		h.Conn.Close()
 	}
-	return h.Scheme == SchemeTLS
+	return h.Scheme == member.SchemeTLS
 }
 
 // clientAddr is one of a member's client URLs: its address, and whether it serves TLS.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+	"github.com/etcd-gateway/etcd-gateway/member"
 )
 
 // fakeView is a ClusterView whose healthy members the test sets.
@@ -51,7 +52,7 @@ func (v *fakeView) turnDown(ep Endpoint) {
 	v.changed = make(chan struct{})
 }
 
-func (v *fakeView) Scheme(Endpoint) Scheme { return SchemePlain }
+func (v *fakeView) Scheme(Endpoint) member.Scheme { return member.SchemePlain }
 
 // jsonGateway serves POST /v3/cluster/member/list as etcd's JSON gateway does, with the
 // answer the test sets, and records the bodies it was sent.
@@ -141,7 +142,7 @@ func startMemberListEvery(t *testing.T, interval time.Duration, asked *jsonGatew
 	f := &memberListFixture{seeds: NewUpdates(), out: NewUpdates(), logs: logs,
 		view: &fakeView{healthy: []Endpoint{asked.ep}, changed: make(chan struct{})}}
 	f.ml = NewMemberList(MemberListConfig{Interval: interval, Timeout: time.Second, Seeds: f.seeds, Out: f.out,
-		Cluster: f.view, TLS: func(Endpoint) MemberTLS { return MemberTLS{} }, Guard: guard, Log: zap.New(core)})
+		Cluster: f.view, Trust: member.Policy{}, Guard: guard, Log: zap.New(core)})
 	f.seeds.Publish(seeds)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -233,7 +234,7 @@ func TestMemberListWithoutLinearizable(t *testing.T) {
 	g := serveJSONGateway(t)
 	ok := listJSON(memberJSON(1, "m0", false, "http://"+g.ep.Addr()))
 	g.set(http.StatusBadRequest, `{"error":"unknown field \"linearizable\""}`)
-	list, err := fetchMemberList(context.Background(), (&net.Dialer{}).DialContext, g.ep, SchemePlain, MemberTLS{}, time.Second)
+	list, err := fetchMemberList(context.Background(), (&net.Dialer{}).DialContext, g.ep, member.SchemePlain, member.TLS{}, time.Second)
 	if err == nil {
 		t.Fatalf("a 400 to both bodies gave %+v", list)
 	}
@@ -241,7 +242,7 @@ func TestMemberListWithoutLinearizable(t *testing.T) {
 		t.Fatalf("bodies sent: %q; want the list asked for again without linearizable", sent)
 	}
 	g.set(http.StatusOK, ok)
-	if list, err := fetchMemberList(context.Background(), (&net.Dialer{}).DialContext, g.ep, SchemePlain, MemberTLS{}, time.Second); err != nil || len(list.Members) != 1 {
+	if list, err := fetchMemberList(context.Background(), (&net.Dialer{}).DialContext, g.ep, member.SchemePlain, member.TLS{}, time.Second); err != nil || len(list.Members) != 1 {
 		t.Fatalf("list = %+v, %v", list, err)
 	}
 }

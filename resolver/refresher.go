@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
 )
@@ -24,7 +25,6 @@ type SRVConfig struct {
 	DNSServer   string        // --dns-server host:port; empty: the servers of ResolvConf
 	ResolvConf  string        // usually /etc/resolv.conf
 	Insecure    bool          // --insecure-discovery: use _etcd-client-ssl members unverified
-	CAFile      string        // --trusted-ca-file; empty: the system roots
 	MinRefresh  time.Duration // lower bound of the wait between lookups
 	MaxRefresh  time.Duration // upper bound of the wait, also of the backoff after failures
 	DialTimeout time.Duration // bound of each TLS verification
@@ -40,7 +40,7 @@ type Refresher struct {
 	fallback          []Endpoint
 	guard             *LoopGuard // refuses endpoints that are the gateway itself
 	dns               *dnsClient
-	verifier          *verifier
+	trust             member.Policy // how _etcd-client-ssl members are verified
 	secureName, plain string
 	out               *Updates
 	log               *zap.Logger
@@ -52,10 +52,10 @@ var _ suture.Service = (*Refresher)(nil)
 // Lookups returns how many SRV lookups the Refresher has done, and how many of them failed.
 func (r *Refresher) Lookups() (total, failed uint64) { return r.lookups.Load(), r.failures.Load() }
 
-// NewRefresher checks cfg (refresh bounds, DNS servers, CA file) and returns the service, which
-// publishes to out and serves fallback until discovery first succeeds. Every error is one line
-// that names the fix.
-func NewRefresher(cfg SRVConfig, fallback []Endpoint, guard *LoopGuard, out *Updates, log *zap.Logger) (*Refresher, error) {
+// NewRefresher checks cfg (refresh bounds, DNS servers) and returns the service, which verifies
+// _etcd-client-ssl members under trust, publishes to out and serves fallback until discovery
+// first succeeds. Every error is one line that names the fix.
+func NewRefresher(cfg SRVConfig, trust member.Policy, fallback []Endpoint, guard *LoopGuard, out *Updates, log *zap.Logger) (*Refresher, error) {
 	if cfg.MinRefresh <= 0 {
 		return nil, fmt.Errorf("--discovery-srv-min-refresh=%s must be positive, such as 1s", cfg.MinRefresh)
 	}
@@ -66,12 +66,8 @@ func NewRefresher(cfg SRVConfig, fallback []Endpoint, guard *LoopGuard, out *Upd
 	if err != nil {
 		return nil, err
 	}
-	v, err := newVerifier(cfg.CAFile, cfg.Domain, cfg.DialTimeout)
-	if err != nil {
-		return nil, err
-	}
 	secure, plain := SRVNames(cfg.Domain, cfg.ServiceName)
-	return &Refresher{cfg: cfg, fallback: Normalize(fallback), guard: guard, dns: client, verifier: v,
+	return &Refresher{cfg: cfg, fallback: Normalize(fallback), guard: guard, dns: client, trust: trust,
 		secureName: secure, plain: plain, out: out,
 		log: log.Named("resolver").With(zap.String("srv_domain", cfg.Domain))}, nil
 }
@@ -230,18 +226,18 @@ func (run *refresherRun) admit(ctx context.Context, eps, last []Endpoint) (admit
 			reasons[i], loops[i] = err, true
 			continue
 		}
-		if ep.TLS && !r.cfg.Insecure {
+		if ep.TLS && !r.trust.InsecureDiscovery {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				reasons[i] = r.verifier.verify(ctx, ep)
+				reasons[i] = member.Verify(ctx, ep.Addr(), ep.MemberTLS(r.trust), r.cfg.DialTimeout)
 			}()
 		}
 	}
 	wg.Wait()
 	var plain []Endpoint
 	for i, ep := range eps {
-		transient := isTransient(reasons[i])
+		transient := member.IsTransient(reasons[i])
 		retry = retry || transient
 		if transient && slices.ContainsFunc(last, func(e Endpoint) bool { return e.HostPort() == ep.HostPort() }) {
 			reasons[i] = nil // verified before: its probes judge it meanwhile

@@ -3,9 +3,8 @@ package resolver
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/internal/dnstest"
 	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+	"github.com/etcd-gateway/etcd-gateway/member"
 )
 
 const defaultTestTimeout = 10 * time.Second
@@ -39,13 +39,20 @@ func testSRVConfig(_ *testing.T, s *dnstest.Server) SRVConfig {
 // until discovery first succeeds.
 func startRefresher(t *testing.T, s *dnstest.Server, cfg SRVConfig, fallback ...Endpoint) *refresherFixture {
 	t.Helper()
+	return startTrustingRefresher(t, s, cfg, nil, fallback...)
+}
+
+// startTrustingRefresher is startRefresher verifying _etcd-client-ssl members against roots
+// (the system roots when nil).
+func startTrustingRefresher(t *testing.T, s *dnstest.Server, cfg SRVConfig, roots *x509.CertPool, fallback ...Endpoint) *refresherFixture {
+	t.Helper()
 	guard, err := NewLoopGuard(context.Background(), "127.0.0.1:23790")
 	if err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	f := &refresherFixture{dns: s, updates: NewUpdates(), logs: logs, done: make(chan error, 1)}
-	r, err := NewRefresher(cfg, fallback, guard, f.updates, zap.New(core))
+	r, err := NewRefresher(cfg, member.Policy{Roots: roots, Domain: cfg.Domain, InsecureDiscovery: cfg.Insecure}, fallback, guard, f.updates, zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +244,7 @@ func TestRefresherRefusesLoop(t *testing.T) {
 
 // tlsMember serves TLS with cert on loopback and returns its port.
 func tlsMember(t *testing.T, cert tls.Certificate, clientAuth tls.ClientAuthType) uint16 {
-	addr, _ := tlsServer(t, "127.0.0.1:0", cert, clientAuth, tls.VersionTLS13)
+	addr, _ := testcert.ServeTLS(t, "127.0.0.1:0", cert, clientAuth, tls.VersionTLS13)
 	_, port := splitTestAddr(t, addr)
 	return port
 }
@@ -246,10 +253,6 @@ func TestTLSVerification(t *testing.T) {
 	t.Parallel()
 	ca := testcert.NewCA(t, "cluster CA")
 	other := testcert.NewCA(t, "someone else")
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	lo := []net.IP{net.IPv4(127, 0, 0, 1)}
 	tests := []struct {
 		name     string
@@ -278,9 +281,8 @@ func TestTLSVerification(t *testing.T) {
 				"m2.example.com. 1 IN A 127.0.0.12",
 			)
 			cfg := testSRVConfig(t, s)
-			cfg.CAFile = caFile
 			cfg.Insecure = tt.insecure
-			f := startRefresher(t, s, cfg)
+			f := startTrustingRefresher(t, s, cfg, ca.Pool())
 			member := Endpoint{Host: "127.0.0.1", Port: port, Target: "m1.example.com", TLS: true}
 			plain := Endpoint{Host: "127.0.0.12", Port: 2379, Target: "m2.example.com"}
 			want := []Endpoint{plain}
@@ -360,10 +362,6 @@ func TestRefresherThroughDNSChaos(t *testing.T) {
 func TestTransientVerificationFailureIsRetriedSoon(t *testing.T) {
 	t.Parallel()
 	ca := testcert.NewCA(t, "cluster CA")
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	port, err := testnet.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -376,12 +374,11 @@ func TestTransientVerificationFailureIsRetriedSoon(t *testing.T) {
 		"m2.example.com. 300 IN A 127.0.0.12",
 	)
 	cfg := testSRVConfig(t, s)
-	cfg.CAFile = caFile
-	f := startRefresher(t, s, cfg)
+	f := startTrustingRefresher(t, s, cfg, ca.Pool())
 	plain := Endpoint{Host: "127.0.0.12", Port: 2379, Target: "m2.example.com"}
 	f.waitSet(t, []Endpoint{plain}) // nothing listens on the member's port yet: refused
 
-	tlsServer(t, "127.0.0.1:"+strconv.Itoa(port), ca.Issue(t, []string{"example.com"}, nil), tls.NoClientCert, tls.VersionTLS13)
+	testcert.ServeTLS(t, "127.0.0.1:"+strconv.Itoa(port), ca.Issue(t, []string{"example.com"}, nil), tls.NoClientCert, tls.VersionTLS13)
 	member := Endpoint{Host: "127.0.0.1", Port: uint16(port), Target: "m1.example.com", TLS: true}
 	if took := f.waitSet(t, Normalize([]Endpoint{member, plain})); took > 5*time.Second {
 		t.Errorf("admitted %s after it listened; want it within seconds, not at the 300 s refresh", took)
@@ -392,4 +389,13 @@ func TestTransientVerificationFailureIsRetriedSoon(t *testing.T) {
 	if n := f.logs.FilterMessageSnippet("did not prove").Len(); n != 0 {
 		t.Errorf("a refused connection was blamed on the certificate %d times", n)
 	}
+}
+
+func splitTestAddr(t *testing.T, addr string) (string, uint16) {
+	t.Helper()
+	ap, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap.IP.String(), uint16(ap.Port)
 }

@@ -3,6 +3,7 @@ package resolver
 import (
 	"context"
 
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
 )
@@ -69,9 +70,10 @@ type SRVSource struct {
 	log       *zap.Logger
 }
 
-// NewSRVSource checks cfg (refresh bounds, DNS servers, CA file) and returns the source.
-func NewSRVSource(cfg SRVConfig, fallback []Endpoint, guard *LoopGuard, log *zap.Logger) (*SRVSource, error) {
-	r, err := NewRefresher(cfg, fallback, guard, nil, log)
+// NewSRVSource checks cfg (refresh bounds, DNS servers) and returns the source, which verifies
+// _etcd-client-ssl members under trust.
+func NewSRVSource(cfg SRVConfig, trust member.Policy, fallback []Endpoint, guard *LoopGuard, log *zap.Logger) (*SRVSource, error) {
+	r, err := NewRefresher(cfg, trust, fallback, guard, nil, log)
 	if err != nil {
 		return nil, err
 	}

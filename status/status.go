@@ -26,6 +26,7 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/internal/version"
 	"github.com/etcd-gateway/etcd-gateway/listener"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -249,13 +250,13 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 				er.Source, er.MemberName, er.MemberID = "member-list", mb.Name, fmt.Sprintf("%x", mb.ID)
 			}
 		}
-		er.Scheme = resolver.SchemeUnknown.String()
+		er.Scheme = member.SchemeUnknown.String()
 		if ep.TLS {
-			er.Scheme = resolver.SchemeTLS.String()
+			er.Scheme = member.SchemeTLS.String()
 		}
 		if p, ok := s.src.Table.LastProbe(ep); ok {
 			er.LastProbe = &ProbeJSON{At: p.At.UTC(), Result: p.Result.String(), Reason: p.Reason}
-			if p.Scheme != resolver.SchemeUnknown {
+			if p.Scheme != member.SchemeUnknown {
 				er.Scheme = p.Scheme.String()
 			}
 			er.Note = p.Note

@@ -7,14 +7,15 @@ import (
 	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
 // CheckResult is one endpoint's verdict from Check.
 type CheckResult struct {
 	Endpoint resolver.Endpoint
-	Source   string          // "endpoints", "endpoints-file" or "srv"
-	Scheme   resolver.Scheme // what the member serves, as the probe found
+	Source   string        // "endpoints", "endpoints-file" or "srv"
+	Scheme   member.Scheme // what the member serves, as the probe found
 	State    health.State
 	Reason   string // why it is not healthy
 	Note     string // what the probe found worth saying, though no fault
@@ -65,7 +66,7 @@ func Check(ctx context.Context, plan *Plan) ([]CheckResult, *MemberListResult, e
 			continue
 		}
 		list.From = r.Endpoint
-		list.Members, list.Err = resolver.ListMembers(ctx, r.Endpoint, r.Scheme, probe.TLS.MemberTLS(r.Endpoint), cfg.DialTimeout)
+		list.Members, list.Err = resolver.ListMembers(ctx, r.Endpoint, r.Scheme, r.Endpoint.MemberTLS(probe.TLS), cfg.DialTimeout)
 		if list.Err == nil {
 			break
 		}

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -31,9 +32,9 @@ func (v clusterView) inState(snap *health.Snapshot, want health.State) []resolve
 
 // Scheme returns what the member serves: TLS for a member from _etcd-client-ssl, what the
 // probes found otherwise.
-func (v clusterView) Scheme(ep resolver.Endpoint) resolver.Scheme {
+func (v clusterView) Scheme(ep resolver.Endpoint) member.Scheme {
 	if ep.TLS {
-		return resolver.SchemeTLS
+		return member.SchemeTLS
 	}
 	p, _ := v.table.LastProbe(ep)
 	return p.Scheme

@@ -15,6 +15,7 @@ import (
 
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/listener"
+	"github.com/etcd-gateway/etcd-gateway/member"
 
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
@@ -89,7 +90,7 @@ func (cfg Config) probeConfig() (health.ProbeConfig, error) {
 		pc.TLS.InsecureDiscovery = d.Insecure
 	}
 	if cfg.TrustedCAFile != "" {
-		roots, err := resolver.LoadRoots(cfg.TrustedCAFile)
+		roots, err := member.LoadRoots(cfg.TrustedCAFile)
 		if err != nil {
 			return pc, err
 		}
@@ -135,7 +136,7 @@ func Prepare(ctx context.Context, cfg Config, reload <-chan struct{}, log *zap.L
 	var source resolver.Source
 	switch {
 	case cfg.Discovery != nil:
-		if source, err = resolver.NewSRVSource(*cfg.Discovery, cfg.Endpoints, guard, log); err != nil {
+		if source, err = resolver.NewSRVSource(*cfg.Discovery, probe.TLS, cfg.Endpoints, guard, log); err != nil {
 			return nil, err
 		}
 	case len(cfg.Endpoints) == 0:

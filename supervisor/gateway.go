@@ -81,7 +81,7 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 		seeds = resolver.NewUpdates()
 		memberList = resolver.NewMemberList(resolver.MemberListConfig{
 			Interval: cfg.AutoSyncInterval, Timeout: cfg.DialTimeout, Seeds: seeds, Out: updates,
-			Cluster: clusterView{table}, TLS: probe.TLS.MemberTLS, Guard: plan.guard, Log: log,
+			Cluster: clusterView{table}, Trust: probe.TLS, Guard: plan.guard, Log: log,
 		})
 	}
 	source := plan.source.Service(seeds)

@@ -230,9 +230,6 @@ func parseCommand(command string, args []string, getenv func(string) (string, bo
 	if err != nil {
 		return options{}, err
 	}
-	if srv != nil {
-		srv.CAFile = opts.cfg.TrustedCAFile
-	}
 	opts.cfg.Discovery = srv
 	if path := opts.cfg.EndpointsFile; path != "" {
 		if explicit(fs, "endpoints") || srv != nil {

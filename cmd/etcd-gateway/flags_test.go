@@ -250,9 +250,6 @@ func TestTrustedCAFileWithListedEndpoints(t *testing.T) {
 		if opts.cfg.TrustedCAFile != "/etc/etcd/ca.pem" {
 			t.Errorf("parse %q: trusted CA file = %q", args, opts.cfg.TrustedCAFile)
 		}
-		if d := opts.cfg.Discovery; d != nil && d.CAFile != "/etc/etcd/ca.pem" {
-			t.Errorf("parse %q: discovery verifies against %q", args, d.CAFile)
-		}
 	}
 }
 

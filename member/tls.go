@@ -1,4 +1,4 @@
-package resolver
+package member
 
 import (
 	"context"
@@ -35,8 +35,8 @@ func (s Scheme) String() string {
 	}
 }
 
-// MemberTLS is how the gateway handshakes with a member that serves TLS.
-type MemberTLS struct {
+// TLS is how the gateway handshakes with a member that serves TLS.
+type TLS struct {
 	// Verify checks the member's chain against Roots. Off for members listed with --endpoints
 	// without --trusted-ca-file, and for members admitted by --insecure-discovery.
 	Verify bool
@@ -78,6 +78,33 @@ type Handshake struct {
 	Err error
 }
 
+// Failure is h as an error: nil when h gave a usable connection, a *HandshakeError otherwise.
+func (h Handshake) Failure() error {
+	if h.Conn != nil {
+		return nil
+	}
+	return &HandshakeError{h}
+}
+
+// HandshakeError is a handshake with a member that gave no usable connection.
+type HandshakeError struct{ Handshake Handshake }
+
+func (e *HandshakeError) Error() string {
+	switch h := e.Handshake; {
+	case h.Untrusted != nil:
+		return "TLS: " + h.Untrusted.Error()
+	case h.NeedsClientCert:
+		return "TLS: the member requires a client certificate; give --health-cert-file and --health-key-file"
+	case h.Scheme == SchemePlain:
+		return "TLS: the member does not speak TLS"
+	case h.Err != nil:
+		return "TLS: " + h.Err.Error()
+	}
+	return "TLS handshake failed"
+}
+
+func (e *HandshakeError) Unwrap() error { return e.Handshake.Err }
+
 // Verified reports whether the member is who it claims: it proved its key and, when asked, its
 // chain verified.
 func (h Handshake) Verified() bool { return h.KeyProven && h.Untrusted == nil }
@@ -86,7 +113,7 @@ func (h Handshake) Verified() bool { return h.KeyProven && h.Untrusted == nil }
 // certificate: silence, or a timeout mid-handshake. A member that answered TLS and then failed
 // to prove its key is no transient failure: an impostor does that.
 func (h Handshake) Transient() bool {
-	return h.Err != nil && h.Untrusted == nil && !h.KeyProven && (h.Scheme == SchemeUnknown || isTimeoutErr(h.Err))
+	return h.Err != nil && h.Untrusted == nil && !h.KeyProven && (h.Scheme == SchemeUnknown || IsTimeout(h.Err))
 }
 
 // errNoClientCertificate ends a handshake with a member that asks for a certificate the
@@ -109,11 +136,11 @@ var ecdheSuites = []uint16{
 // newline without a timeout, rejects it at once instead of staying silent.
 var alpnWithNewline = "etcd-gateway\n"
 
-// HandshakeMember runs a TLS handshake with a member over raw, which it owns from now on, and
+// HandshakeTLS runs a TLS handshake with a member over raw, which it owns from now on, and
 // says what the member is. It never sends anything but TLS handshake messages, and it ends
 // every failed attempt with a FIN after reading what the member sent, so that the member logs
 // at most a clean EOF, which etcd logs at DEBUG.
-func HandshakeMember(ctx context.Context, raw net.Conn, cfg MemberTLS) Handshake {
+func HandshakeTLS(ctx context.Context, raw net.Conn, cfg TLS) Handshake {
 	conn := &quietConn{Conn: raw}
 	conn.handshaking.Store(true)
 	var h Handshake
@@ -221,7 +248,7 @@ func judgeChain(chain []*x509.Certificate, roots *x509.CertPool, names []string,
 // handshake the gateway ends sends the member no alert; it counts the bytes it read. While the
 // handshake runs, Close only interrupts it: crypto/tls closes the connection when the context
 // ends, and data of the member's that arrived unread would turn that close into a reset, which
-// etcd logs at WARN. HandshakeMember reads what the member sent, then closes.
+// etcd logs at WARN. HandshakeTLS reads what the member sent, then closes.
 type quietConn struct {
 	net.Conn
 	muted       atomic.Bool

@@ -1,4 +1,4 @@
-package resolver
+package member
 
 import (
 	"context"
@@ -23,30 +23,6 @@ func LoadRoots(caFile string) (*x509.CertPool, error) {
 	return roots, nil
 }
 
-// verifier checks that a member found through `_etcd-client-ssl` records holds the key of a
-// certificate chain valid for the SRV domain or for its own target name, by a real TLS
-// handshake. A member that then asks for a client certificate the gateway does not have still
-// passes: it proved its key before asking.
-type verifier struct {
-	roots   *x509.CertPool // nil: the system roots
-	domain  string
-	timeout time.Duration
-}
-
-// newVerifier loads caFile (system roots when empty).
-func newVerifier(caFile, domain string, timeout time.Duration) (*verifier, error) {
-	v := &verifier{domain: domain, timeout: timeout}
-	if caFile == "" {
-		return v, nil
-	}
-	roots, err := LoadRoots(caFile)
-	if err != nil {
-		return nil, err
-	}
-	v.roots = roots
-	return v, nil
-}
-
 // errTransient wraps a verification that failed for a reason that says nothing of the member's
 // certificate: a refused connection, a timeout.
 type errTransient struct{ err error }
@@ -55,43 +31,39 @@ func (e *errTransient) Error() string { return "could not verify: " + e.err.Erro
 
 func (e *errTransient) Unwrap() error { return e.err }
 
-// isTransient reports whether err is a verification to try again soon.
-func isTransient(err error) bool {
+// IsTransient reports whether err, from Verify, is a verification to try again soon.
+func IsTransient(err error) bool {
 	var t *errTransient
 	return errors.As(err, &t)
 }
 
-// verify handshakes with ep and returns nil when it proved its key and its certificate is valid
-// for the domain or for ep.Target; an *errTransient when it could not tell.
-func (v *verifier) verify(ctx context.Context, ep Endpoint) error {
-	ctx, cancel := context.WithTimeout(ctx, v.timeout)
+// Verify handshakes with the member at addr within timeout and returns nil when it proved it
+// holds its key and its certificate verifies as cfg asks. A member that then asks for a client
+// certificate the gateway does not have still passes: it proved its key before asking. The
+// error is transient (IsTransient) when the attempt could not tell.
+func Verify(ctx context.Context, addr string, cfg TLS, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", ep.Addr())
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return &errTransient{err}
 	}
-	h := HandshakeMember(ctx, raw, MemberTLS{Verify: true, Roots: v.roots, Names: []string{v.domain, ep.Target}, StrictNames: true})
+	h := HandshakeTLS(ctx, raw, cfg)
 	if h.Conn != nil {
 		h.Conn.Close()
 	}
 	switch {
-	case h.Untrusted != nil:
-		return h.Untrusted
 	case h.Verified():
 		return nil
 	case h.Transient():
 		return &errTransient{h.Err}
+	case h.Untrusted != nil:
+		return h.Untrusted
 	case h.Scheme == SchemePlain:
 		return errors.New("the member does not speak TLS")
 	}
 	return fmt.Errorf("the member did not prove it holds its certificate's key: %w", h.Err)
-}
-
-// isTimeoutErr reports whether err is a timeout.
-func isTimeoutErr(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)
 }
 
 // verifyChain checks a member's certificate chain against roots (the system roots when nil).

@@ -1,4 +1,4 @@
-package resolver
+package member
 
 import (
 	"context"
@@ -10,8 +10,8 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
 )
 
-// handshakeWith dials addr and runs HandshakeMember with cfg.
-func handshakeWith(t *testing.T, addr string, cfg MemberTLS) Handshake {
+// handshakeWith dials addr and runs HandshakeTLS with cfg.
+func handshakeWith(t *testing.T, addr string, cfg TLS) Handshake {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -19,7 +19,7 @@ func handshakeWith(t *testing.T, addr string, cfg MemberTLS) Handshake {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := HandshakeMember(ctx, raw, cfg)
+	h := HandshakeTLS(ctx, raw, cfg)
 	if h.Conn != nil {
 		h.Conn.Close()
 	}
@@ -34,7 +34,7 @@ func TestImpostorsAreNotVerified(t *testing.T) {
 		t.Run(kind.String(), func(t *testing.T) {
 			t.Parallel()
 			im := testcert.ServeImpostor(t, real, kind)
-			h := handshakeWith(t, im.Addr(), MemberTLS{Verify: true, Roots: ca.Pool(), Names: []string{"example.com"}, StrictNames: true})
+			h := handshakeWith(t, im.Addr(), TLS{Verify: true, Roots: ca.Pool(), Names: []string{"example.com"}, StrictNames: true})
 			if h.Verified() || h.Conn != nil || h.NeedsClientCert {
 				t.Fatalf("impostor passed: %+v", h)
 			}
@@ -44,9 +44,8 @@ func TestImpostorsAreNotVerified(t *testing.T) {
 			if h.Transient() {
 				t.Errorf("an impostor's failure is taken for a transient one: %v", h.Err)
 			}
-			v := &verifier{roots: ca.Pool(), domain: "example.com", timeout: 2 * time.Second}
-			host, port := splitTestAddr(t, im.Addr())
-			if err := v.verify(context.Background(), Endpoint{Host: host, Port: port, Target: "m1.example.com", TLS: true}); err == nil || isTransient(err) {
+			cfg := Policy{Roots: ca.Pool(), Domain: "example.com"}.For("127.0.0.1", "m1.example.com", true)
+			if err := Verify(context.Background(), im.Addr(), cfg, 2*time.Second); err == nil || IsTransient(err) {
 				t.Errorf("verify = %v; want a refusal", err)
 			}
 		})
@@ -74,8 +73,8 @@ func TestRealMembersAreVerified(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			addr, failures := tlsServer(t, "127.0.0.1:0", cert, tt.auth, tt.version)
-			h := handshakeWith(t, addr, MemberTLS{Verify: true, Roots: ca.Pool(), Names: []string{"example.com"}, StrictNames: true, Certificates: tt.certs})
+			addr, failures := testcert.ServeTLS(t, "127.0.0.1:0", cert, tt.auth, tt.version)
+			h := handshakeWith(t, addr, TLS{Verify: true, Roots: ca.Pool(), Names: []string{"example.com"}, StrictNames: true, Certificates: tt.certs})
 			if !h.Verified() || (h.Conn != nil) != tt.wantConn || h.NeedsClientCert != tt.wantNeedsCC {
 				t.Fatalf("handshake = %+v; want verified, conn %v, needs a client certificate %v", h, tt.wantConn, tt.wantNeedsCC)
 			}
@@ -90,13 +89,13 @@ func TestRealMembersAreVerified(t *testing.T) {
 func TestNameMismatchIsReportedNotFatalWhenNotStrict(t *testing.T) {
 	t.Parallel()
 	ca := testcert.NewCA(t, "cluster CA")
-	addr, _ := tlsServer(t, "127.0.0.1:0", ca.Issue(t, []string{"m1.example.com"}, nil), tls.NoClientCert, tls.VersionTLS13)
-	h := handshakeWith(t, addr, MemberTLS{Verify: true, Roots: ca.Pool(), Names: []string{"127.0.0.1"}})
+	addr, _ := testcert.ServeTLS(t, "127.0.0.1:0", ca.Issue(t, []string{"m1.example.com"}, nil), tls.NoClientCert, tls.VersionTLS13)
+	h := handshakeWith(t, addr, TLS{Verify: true, Roots: ca.Pool(), Names: []string{"127.0.0.1"}})
 	if !h.Verified() || h.Conn == nil || h.NameMismatch == nil {
 		t.Fatalf("handshake = %+v; want verified with a name mismatch reported", h)
 	}
 	other := testcert.NewCA(t, "someone else")
-	h = handshakeWith(t, addr, MemberTLS{Verify: true, Roots: other.Pool(), Names: []string{"127.0.0.1"}})
+	h = handshakeWith(t, addr, TLS{Verify: true, Roots: other.Pool(), Names: []string{"127.0.0.1"}})
 	if h.Verified() || h.Untrusted == nil || h.Scheme != SchemeTLS {
 		t.Fatalf("handshake = %+v; want a chain that does not verify", h)
 	}
@@ -124,7 +123,7 @@ func TestPlainMemberAnswersAClientHello(t *testing.T) {
 					tt.serve(c)
 				}
 			}()
-			if h := handshakeWith(t, ln.Addr().String(), MemberTLS{}); h.Scheme != tt.want || h.Conn != nil {
+			if h := handshakeWith(t, ln.Addr().String(), TLS{}); h.Scheme != tt.want || h.Conn != nil {
 				t.Fatalf("handshake = %+v; want scheme %s", h, tt.want)
 			}
 		})
@@ -156,50 +155,7 @@ func TestSilenceIsNotPlain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := HandshakeMember(ctx, raw, MemberTLS{}); h.Scheme != SchemeUnknown {
+	if h := HandshakeTLS(ctx, raw, TLS{}); h.Scheme != SchemeUnknown {
 		t.Fatalf("silence gave scheme %s; want unknown", h.Scheme)
 	}
-}
-
-// tlsServer serves TLS on addr and reports each handshake's error while there is room to.
-func tlsServer(t *testing.T, addr string, cert tls.Certificate, auth tls.ClientAuthType, version uint16) (string, <-chan error) {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	failures := make(chan error, 16)
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: auth, MaxVersion: version}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			tc := tls.Server(c, cfg)
-			tc.SetDeadline(time.Now().Add(2 * time.Second))
-			err = tc.Handshake()
-			select {
-			case failures <- err:
-			default:
-			}
-			tc.Close()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-	})
-	return ln.Addr().String(), failures
-}
-
-func splitTestAddr(t *testing.T, addr string) (string, uint16) {
-	t.Helper()
-	ap, err := net.ResolveTCPAddr("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ap.IP.String(), uint16(ap.Port)
 }
