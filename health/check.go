@@ -127,23 +127,34 @@ const (
 	schemeChanged                    // the member no longer speaks what it did: find its scheme again
 )
 
-// check probes once and returns the endpoint's state and, unless healthy, why. A member whose
-// scheme is not known yet is first asked with a TLS ClientHello: the gateway never sends
-// plaintext to a TLS port unless the member itself said it is plain.
-func (c *checker) check(ctx context.Context) (State, string) {
+// verdict is what one probe found: the member's state and, unless healthy, why; or, when
+// noNews is set, that the probe said nothing of the member (the reason says why).
+type verdict struct {
+	state  State
+	reason string
+	noNews member.Fault // member.SeenLate or member.LocalShortage; zero when the member was judged
+}
+
+// judged is a verdict on the member.
+func judged(st State, reason string) verdict { return verdict{state: st, reason: reason} }
+
+// check probes once and returns the verdict. A member whose scheme is not known yet is first
+// asked with a TLS ClientHello: the gateway never sends plaintext to a TLS port unless the
+// member itself said it is plain.
+func (c *checker) check(ctx context.Context) verdict {
 	c.note = ""
 	redetected := false
 	for c.mode != CheckTCP {
 		if c.scheme == member.SchemeUnknown {
-			if st, reason, known := c.detect(ctx); !known {
-				return st, reason
+			if v, known := c.detect(ctx); !known {
+				return v
 			}
 		}
-		st, reason, outcome := c.checkHTTP(ctx)
+		v, outcome := c.checkHTTP(ctx)
 		switch outcome {
 		case answered:
 			c.noteMismatch()
-			return st, reason
+			return v
 		case missingPath:
 			if c.mode == CheckReadyz {
 				c.mode = CheckHealth
@@ -153,7 +164,7 @@ func (c *checker) check(ctx context.Context) (State, string) {
 		case schemeChanged, notHTTP:
 			if redetected || c.ep.TLS || (outcome == notHTTP && c.scheme != member.SchemePlain) {
 				if outcome == schemeChanged {
-					return Down, reason
+					return judged(Down, v.reason)
 				}
 				return c.checkTCP(ctx)
 			}
@@ -174,15 +185,14 @@ func (c *checker) noteMismatch() {
 }
 
 // detect finds out the member's scheme with a TLS ClientHello. It reports whether the scheme is
-// known; when it is not, it returns the member's state.
-func (c *checker) detect(ctx context.Context) (State, string, bool) {
+// known; when it is not, it returns the verdict.
+func (c *checker) detect(ctx context.Context) (verdict, bool) {
 	deadline := c.now().Add(c.timeout)
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	raw, err := c.dialer.DialContext(ctx, "tcp", c.ep.Addr())
 	if err != nil {
-		st, reason := c.dialVerdict(err, deadline)
-		return st, reason, false
+		return c.dialVerdict(err, deadline), false
 	}
 	h := member.HandshakeTLS(ctx, raw, c.tls)
 	if h.Conn != nil {
@@ -191,23 +201,22 @@ func (c *checker) detect(ctx context.Context) (State, string, bool) {
 	switch h.Scheme {
 	case member.SchemeTLS:
 		c.scheme = member.SchemeTLS
-		return 0, "", true
+		return verdict{}, true
 	case member.SchemePlain:
 		if c.ep.TLS {
-			return Down, "listed under _etcd-client-ssl, but the member does not speak TLS", false
+			return judged(Down, "listed under _etcd-client-ssl, but the member does not speak TLS"), false
 		}
 		c.scheme = member.SchemePlain
-		return 0, "", true
+		return verdict{}, true
 	}
 	switch {
 	case h.Err != nil && c.fault(h.Err, deadline) == member.SeenLate:
-		return tooLate, member.ErrSeenLate.Error(), false
+		return seenLate(), false
 	case member.IsTimeout(h.Err):
-		return Down, fmt.Sprintf("no answer to a TLS ClientHello within %s; the member's scheme is not known yet", c.timeout), false
+		return judged(Down, fmt.Sprintf("no answer to a TLS ClientHello within %s; the member's scheme is not known yet", c.timeout)), false
 	}
 	// It answered, but neither TLS nor plain HTTP: not etcd, as a TCP connect judges.
-	st, reason := c.checkTCP(ctx)
-	return st, reason, false
+	return c.checkTCP(ctx), false
 }
 
 // fault says what err, of an exchange due at deadline, tells of the member.
@@ -215,18 +224,23 @@ func (c *checker) fault(err error, deadline time.Time) member.Fault {
 	return member.Classify(err, deadline, c.now(), c.timeout)
 }
 
-// dialVerdict judges a failed dial as checkTCP does.
-func (c *checker) dialVerdict(err error, deadline time.Time) (State, string) {
-	switch c.fault(err, deadline) {
-	case member.LocalShortage:
-		return noVerdict, err.Error()
-	case member.SeenLate:
-		return tooLate, member.ErrSeenLate.Error()
-	}
-	return Down, err.Error()
+// seenLate is the verdict of a probe that timed out but was seen too late to count.
+func seenLate() verdict {
+	return verdict{reason: member.ErrSeenLate.Error(), noNews: member.SeenLate}
 }
 
-func (c *checker) checkTCP(ctx context.Context) (State, string) {
+// dialVerdict judges a failed dial as checkTCP does.
+func (c *checker) dialVerdict(err error, deadline time.Time) verdict {
+	switch c.fault(err, deadline) {
+	case member.LocalShortage:
+		return verdict{reason: err.Error(), noNews: member.LocalShortage}
+	case member.SeenLate:
+		return seenLate()
+	}
+	return judged(Down, err.Error())
+}
+
+func (c *checker) checkTCP(ctx context.Context) verdict {
 	deadline := c.now().Add(c.timeout)
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -235,13 +249,13 @@ func (c *checker) checkTCP(ctx context.Context) (State, string) {
 		return c.dialVerdict(err, deadline)
 	}
 	conn.Close()
-	return Healthy, ""
+	return judged(Healthy, "")
 }
 
 // checkHTTP does GET /readyz or /health and returns the verdict and whether it stands. With it
 // goes a liveness request (/livez, or /health?serializable=true), so that a member that is
 // alive but cannot serve a linearizable read in time (no leader) is degraded, not down.
-func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
+func (c *checker) checkHTTP(ctx context.Context) (verdict, httpOutcome) {
 	path, live := "/readyz", "/livez"
 	if c.mode == CheckHealth {
 		path, live = "/health", "/health?serializable=true"
@@ -262,50 +276,50 @@ func (c *checker) checkHTTP(ctx context.Context) (State, string, httpOutcome) {
 		fault := c.fault(err, deadline)
 		switch {
 		case fault == member.LocalShortage:
-			return noVerdict, err.Error(), answered
+			return verdict{reason: err.Error(), noNews: member.LocalShortage}, answered
 		case errors.As(err, &hs) && hs.Handshake.NeedsClientCert:
 			c.note = NoteAliveByKey
-			return Healthy, "", answered
+			return judged(Healthy, ""), answered
 		case errors.As(err, &hs) && hs.Handshake.Untrusted != nil:
-			return Down, hs.Error(), answered
+			return judged(Down, hs.Error()), answered
 		case errors.As(err, &hs) && hs.Handshake.Scheme == member.SchemePlain:
-			return Down, hs.Error(), schemeChanged
+			return judged(Down, hs.Error()), schemeChanged
 		case fault == member.SeenLate:
-			return tooLate, member.ErrSeenLate.Error(), answered
+			return seenLate(), answered
 		case member.DialError(err) != nil:
-			return Down, member.DialError(err).Err.Error(), answered
+			return judged(Down, member.DialError(err).Err.Error()), answered
 		case fault == member.TimedOut:
 			if alive.err == nil && alive.status == http.StatusOK {
-				return Degraded, fmt.Sprintf("alive, but no answer to GET %s within %s", path, c.timeout), answered
+				return judged(Degraded, fmt.Sprintf("alive, but no answer to GET %s within %s", path, c.timeout)), answered
 			}
-			return Down, fmt.Sprintf("no answer to GET %s within %s", path, c.timeout), answered
+			return judged(Down, fmt.Sprintf("no answer to GET %s within %s", path, c.timeout)), answered
 		case errors.As(err, &hs):
-			return Down, hs.Error(), answered // TLS answered, but the member did not prove its key
+			return judged(Down, hs.Error()), answered // TLS answered, but the member did not prove its key
 		}
-		return Down, err.Error(), notHTTP
+		return judged(Down, err.Error()), notHTTP
 	}
 	switch status, body := ready.status, ready.body; {
 	case status == http.StatusNotFound:
-		return Down, "", missingPath
+		return judged(Down, ""), missingPath
 	case status == http.StatusOK && c.mode == CheckReadyz:
-		return Healthy, "", answered
+		return judged(Healthy, ""), answered
 	case status == http.StatusOK:
 		var h struct{ Health, Reason string }
 		if json.Unmarshal(body, &h) == nil && h.Health == "true" {
 			if c.isLearner(ctx) {
-				return Down, "learner: its status says isLearner", answered
+				return judged(Down, "learner: its status says isLearner"), answered
 			}
-			return Healthy, "", answered
+			return judged(Healthy, ""), answered
 		}
-		return Degraded, "/health: " + strings.TrimSpace(string(body)), answered
+		return judged(Degraded, "/health: "+strings.TrimSpace(string(body))), answered
 	case status >= 500:
 		reason := failedChecks(body)
 		if strings.Contains(reason, "non_learner") {
-			return Down, "learner: " + reason, answered // a learner serves no client requests
+			return judged(Down, "learner: "+reason), answered // a learner serves no client requests
 		}
-		return Degraded, reason, answered
+		return judged(Degraded, reason), answered
 	default:
-		return Down, fmt.Sprintf("GET %s answered %d", path, status), notHTTP
+		return judged(Down, fmt.Sprintf("GET %s answered %d", path, status)), notHTTP
 	}
 }
 

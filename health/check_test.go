@@ -90,7 +90,7 @@ func TestCheckModes(t *testing.T) {
 			ep := fakeMember(t, tt.handlers, nil)
 			c := newChecker(ep, tt.mode, time.Second, member.Policy{})
 			defer c.close()
-			got, reason := c.check(context.Background())
+			got, reason := judge(t, c)
 			if got != tt.want || !strings.Contains(reason, tt.wantReason) {
 				t.Errorf("check = %s %q, want %s with %q", got, reason, tt.want, tt.wantReason)
 			}
@@ -106,14 +106,14 @@ func TestCheckWithoutHTTP(t *testing.T) {
 		silentClose := testnet.Serve(t, func(c *net.TCPConn) { c.Write([]byte("garbage\r\n\r\n")) })
 		c := newChecker(endpointOf(t, silentClose.Addr()), CheckReadyz, time.Second, member.Policy{})
 		defer c.close()
-		if got, reason := c.check(context.Background()); got != Healthy {
+		if got, reason := judge(t, c); got != Healthy {
 			t.Errorf("check = %s %q, want healthy by TCP", got, reason)
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
 		c := newChecker(endpointOf(t, testnet.ClosedPort(t)), CheckReadyz, time.Second, member.Policy{})
 		defer c.close()
-		if got, _ := c.check(context.Background()); got != Down {
+		if got, _ := judge(t, c); got != Down {
 			t.Errorf("check = %s, want down", got)
 		}
 	})
@@ -123,7 +123,7 @@ func TestCheckWithoutHTTP(t *testing.T) {
 		c := newChecker(endpointOf(t, frozen.Addr()), CheckReadyz, timeout, member.Policy{})
 		defer c.close()
 		began := time.Now()
-		got, reason := c.check(context.Background())
+		got, reason := judge(t, c)
 		if got != Down || time.Since(began) > timeout+time.Second {
 			t.Errorf("check = %s %q after %s, want down within %s", got, reason, time.Since(began), timeout)
 		}
@@ -141,13 +141,13 @@ func TestCheckTLSMemberWithClientCertificate(t *testing.T) {
 	})
 	with := newChecker(ep, CheckReadyz, time.Second, member.Policy{Roots: ca.Pool(), Certificates: []tls.Certificate{clientCert}, Domain: "example.com"})
 	defer with.close()
-	if got, reason := with.check(context.Background()); got != Healthy {
+	if got, reason := judge(t, with); got != Healthy {
 		t.Errorf("with a client certificate: %s %q, want healthy", got, reason)
 	}
 	other := testcert.NewCA(t, "other")
 	wrongRoots := newChecker(ep, CheckReadyz, time.Second, member.Policy{Roots: other.Pool(), Certificates: []tls.Certificate{clientCert}, Domain: "example.com"})
 	defer wrongRoots.close()
-	if got, reason := wrongRoots.check(context.Background()); got != Down || !strings.Contains(reason, "certificate") {
+	if got, reason := judge(t, wrongRoots); got != Down || !strings.Contains(reason, "certificate") {
 		t.Errorf("a member whose certificate does not verify: %s %q, want down", got, reason)
 	}
 }
@@ -179,7 +179,7 @@ func TestCheckAliveButNotReadyInTime(t *testing.T) {
 	}, nil)
 	c := newChecker(ep, CheckReadyz, 200*time.Millisecond, member.Policy{})
 	defer c.close()
-	if got, reason := c.check(context.Background()); got != Degraded || !strings.Contains(reason, "alive") {
+	if got, reason := judge(t, c); got != Degraded || !strings.Contains(reason, "alive") {
 		t.Errorf("check = %s %q, want degraded", got, reason)
 	}
 }
@@ -292,4 +292,15 @@ func TestHeartbeatsOnlyWhileClientsAreConnected(t *testing.T) {
 	}) {
 		t.Fatal("heartbeats go on after the last client left")
 	}
+}
+
+// judge probes once with c and returns its verdict on the member; a probe that said nothing of
+// the member fails the test.
+func judge(t *testing.T, c *checker) (State, string) {
+	t.Helper()
+	v := c.check(context.Background())
+	if v.noNews != 0 {
+		t.Fatalf("the probe said nothing of the member: %s, %s", v.noNews, v.reason)
+	}
+	return v.state, v.reason
 }

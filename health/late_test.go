@@ -47,15 +47,15 @@ func TestProbeTimeoutSeenLateIsNotCounted(t *testing.T) {
 	ep := silentMember(t)
 	for _, mode := range []CheckMode{CheckReadyz, CheckHealth} {
 		onTime := newChecker(ep, mode, 100*time.Millisecond, member.Policy{})
-		if got, reason := onTime.check(context.Background()); got != Down || !strings.Contains(reason, "no answer") {
+		if got, reason := judge(t, onTime); got != Down || !strings.Contains(reason, "no answer") {
 			t.Errorf("%s: a silent member seen in time: %s %q, want down", mode, got, reason)
 		}
 		onTime.close()
 
 		late := newChecker(ep, mode, 100*time.Millisecond, member.Policy{})
 		late.now = lateClock()
-		if got, reason := late.check(context.Background()); got != tooLate {
-			t.Errorf("%s: a timeout seen a second late: %s %q, want it not counted", mode, got, reason)
+		if v := late.check(context.Background()); v.noNews != member.SeenLate {
+			t.Errorf("%s: a timeout seen a second late: %+v, want it not counted", mode, v)
 		}
 		late.close()
 	}

@@ -240,6 +240,9 @@ func (r *run) record(rep Report) {
 		// Recorded once the state it leads to is published, so that whoever sees the probe
 		// sees its consequence too.
 		defer r.recordProbe(rep)
+		if rep.NoNews != 0 {
+			return // the gateway could not ask, or saw the answer too late: no news
+		}
 		if rep.At.Before(mb.changed) {
 			return // begun before newer evidence changed the state: it does not undo it
 		}
@@ -308,7 +311,7 @@ func (r *run) recordProbe(rep Report) {
 	if scheme == member.SchemeUnknown {
 		scheme = prev.Scheme // not found out this time: what was known stands
 	}
-	r.m.table.recordProbe(rep.Endpoint.HostPort(), Probe{At: rep.At, Result: rep.State, Reason: rep.Reason, Scheme: scheme, Note: rep.Note})
+	r.m.table.recordProbe(rep.Endpoint.HostPort(), Probe{At: rep.At, Result: rep.State, NoNews: rep.NoNews, Reason: rep.Reason, Scheme: scheme, Note: rep.Note})
 	if scheme != prev.Scheme {
 		r.m.log.Info("member scheme found", zap.Stringer("endpoint", rep.Endpoint), zap.Stringer("scheme", scheme),
 			zap.Stringer("was", prev.Scheme))

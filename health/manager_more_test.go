@@ -14,6 +14,7 @@ import (
 	"github.com/thejerf/suture/v4"
 
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -60,16 +61,20 @@ func TestManagerRiseAndFall(t *testing.T) {
 	f.waitAvailable(t, ep)
 	f.waitFirstProbe(t, ep)
 	steps := []struct {
-		probe State
-		want  State
+		probe  State
+		noNews member.Fault
+		want   State
 	}{
-		{Degraded, Healthy}, {Degraded, Healthy}, {noVerdict, Healthy}, {Degraded, Degraded},
-		{Healthy, Degraded}, {Down, Degraded}, {Healthy, Degraded}, {tooLate, Degraded}, {Healthy, Healthy},
+		{Degraded, 0, Healthy}, {Degraded, 0, Healthy}, {Down, member.LocalShortage, Healthy}, {Degraded, 0, Degraded},
+		{Healthy, 0, Degraded}, {Down, 0, Degraded}, {Healthy, 0, Degraded}, {Down, member.SeenLate, Degraded},
+		{Healthy, 0, Healthy},
 	}
 	for i, step := range steps {
-		f.probed(t, ep, step.probe)
+		at := time.Now()
+		f.reports <- Report{Endpoint: ep, Evidence: Probed, State: step.probe, NoNews: step.noNews, At: at}
+		f.waitRecorded(t, ep, at)
 		if got := f.state(ep); got != step.want {
-			t.Fatalf("step %d: after a %s probe the state is %s, want %s", i, step.probe, got, step.want)
+			t.Fatalf("step %d: after a probe with %s the state is %s, want %s", i, Outcome(step.probe, step.noNews), got, step.want)
 		}
 	}
 }

@@ -94,18 +94,19 @@ func (p *Prober) Serve(ctx context.Context) error {
 	late := 0
 	for {
 		began := p.now()
-		got, reason := chk.check(ctx)
+		v := chk.check(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if ce := p.log.Check(zap.DebugLevel, "probed"); ce != nil {
-			ce.Write(zap.Stringer("state", got), zap.String("reason", reason))
+			ce.Write(zap.String("state", Outcome(v.state, v.noNews)), zap.String("reason", v.reason))
 		}
-		rep := Report{Endpoint: p.ep, Evidence: Probed, State: got, Reason: reason, At: began, Scheme: chk.scheme, Note: chk.note}
+		rep := Report{Endpoint: p.ep, Evidence: Probed, State: v.state, NoNews: v.noNews, Reason: v.reason, At: began,
+			Scheme: chk.scheme, Note: chk.note}
 		if err := p.send(ctx, rep); err != nil {
 			return err
 		}
-		if got == tooLate && late < lateRetries {
+		if v.noNews == member.SeenLate && late < lateRetries {
 			late++
 			continue
 		}
@@ -205,6 +206,7 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 // ProbeResult is the outcome of ProbeOnce.
 type ProbeResult struct {
 	State  State
+	NoNews member.Fault  // set when every try said nothing of the member; State is then not read
 	Reason string        // why it is not healthy
 	Scheme member.Scheme // what the member serves
 	Note   string        // what the probe found worth saying, though no fault
@@ -214,12 +216,11 @@ type ProbeResult struct {
 func ProbeOnce(ctx context.Context, ep resolver.Endpoint, cfg ProbeConfig) ProbeResult {
 	chk := newChecker(ep, cfg.Mode, cfg.Timeout, cfg.TLS)
 	defer chk.close()
-	var st State
-	var reason string
+	var v verdict
 	for range lateRetries + 1 {
-		if st, reason = chk.check(ctx); st != tooLate {
+		if v = chk.check(ctx); v.noNews != member.SeenLate {
 			break
 		}
 	}
-	return ProbeResult{State: st, Reason: reason, Scheme: chk.scheme, Note: chk.note}
+	return ProbeResult{State: v.state, NoNews: v.noNews, Reason: v.reason, Scheme: chk.scheme, Note: chk.note}
 }

@@ -48,6 +48,9 @@ type Report struct {
 	At       time.Time     // when the probe began; Probed only
 	Scheme   member.Scheme // what the member serves, as the probe found; Probed only
 	Note     string        // what the probe found worth saying, though no fault; Probed only
+	// NoNews is set when the probe said nothing of the member (member.SeenLate or
+	// member.LocalShortage): its state stays, and State is not read. Probed only.
+	NoNews member.Fault
 	// Gen is the generation of the prober that sent it; the Manager drops a report of a
 	// prober it has since replaced. 0 for the dialer's reports, which any generation takes.
 	Gen uint64

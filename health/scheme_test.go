@@ -105,7 +105,7 @@ func TestSchemeIsFoundWithoutPlaintextToATLSMember(t *testing.T) {
 			c := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{})
 			defer c.close()
 			for i := range 5 {
-				if got, reason := c.check(context.Background()); got != tt.want {
+				if got, reason := judge(t, c); got != tt.want {
 					t.Fatalf("probe %d: %s %q, want %s", i, got, reason, tt.want)
 				}
 			}
@@ -126,16 +126,16 @@ func TestSchemeChangeIsFoundAgain(t *testing.T) {
 	plain, addr := serveMember(t, "127.0.0.1:0", readyzOK, nil)
 	c := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{})
 	defer c.close()
-	if got, reason := c.check(context.Background()); got != Healthy || c.scheme != member.SchemePlain {
+	if got, reason := judge(t, c); got != Healthy || c.scheme != member.SchemePlain {
 		t.Fatalf("plain: %s %q, scheme %s", got, reason, c.scheme)
 	}
 	plain.stop()
 	secure, _ := serveMember(t, addr, readyzOK, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, []string{"example.com"}, nil)}})
-	if got, reason := c.check(context.Background()); got != Healthy || c.scheme != member.SchemeTLS {
+	if got, reason := judge(t, c); got != Healthy || c.scheme != member.SchemeTLS {
 		t.Fatalf("after the member turned TLS: %s %q, scheme %s", got, reason, c.scheme)
 	}
 	for range 3 {
-		c.check(context.Background())
+		judge(t, c)
 	}
 	if w := secure.warnings(); len(w) > 2 {
 		t.Errorf("the member logged %d failed handshakes, want at most the two of the probe that found the change: %q", len(w), w)
@@ -143,7 +143,7 @@ func TestSchemeChangeIsFoundAgain(t *testing.T) {
 
 	secure.stop()
 	serveMember(t, addr, readyzOK, nil)
-	if got, reason := c.check(context.Background()); got != Healthy || c.scheme != member.SchemePlain {
+	if got, reason := judge(t, c); got != Healthy || c.scheme != member.SchemePlain {
 		t.Fatalf("after the member turned plain again: %s %q, scheme %s", got, reason, c.scheme)
 	}
 }
@@ -160,7 +160,7 @@ func TestMemberThatRequiresAClientCertificate(t *testing.T) {
 
 	without := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{Roots: ca.Pool()})
 	defer without.close()
-	if got, reason := without.check(context.Background()); got != Healthy || without.note != NoteAliveByKey {
+	if got, reason := judge(t, without); got != Healthy || without.note != NoteAliveByKey {
 		t.Errorf("without a client certificate: %s %q note %q; want healthy, alive by key", got, reason, without.note)
 	}
 	if without.canHeartbeat() {
@@ -172,7 +172,7 @@ func TestMemberThatRequiresAClientCertificate(t *testing.T) {
 
 	with := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{Roots: ca.Pool(), Certificates: []tls.Certificate{ca.Issue(t, []string{"gateway"}, nil)}})
 	defer with.close()
-	if got, reason := with.check(context.Background()); got != Degraded || !strings.Contains(reason, "linearizable_read") {
+	if got, reason := judge(t, with); got != Degraded || !strings.Contains(reason, "linearizable_read") {
 		t.Errorf("with a client certificate: %s %q; want /readyz's verdict, degraded", got, reason)
 	}
 }
@@ -183,13 +183,13 @@ func TestListedMemberVerification(t *testing.T) {
 
 	c := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{Roots: ca.Pool()})
 	defer c.close()
-	if got, reason := c.check(context.Background()); got != Healthy || !strings.Contains(c.note, "m1.example.com") {
+	if got, reason := judge(t, c); got != Healthy || !strings.Contains(c.note, "m1.example.com") {
 		t.Errorf("certificate for another name than the listed IP: %s %q note %q; want healthy, the mismatch noted", got, reason, c.note)
 	}
 	other := testcert.NewCA(t, "someone else")
 	bad := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{Roots: other.Pool()})
 	defer bad.close()
-	if got, reason := bad.check(context.Background()); got != Down || !strings.Contains(reason, "not trusted") {
+	if got, reason := judge(t, bad); got != Down || !strings.Contains(reason, "not trusted") {
 		t.Errorf("chain that does not verify: %s %q; want down", got, reason)
 	}
 }
@@ -202,12 +202,12 @@ func TestInsecureDiscoveryReachesProbes(t *testing.T) {
 
 	insecure := newChecker(ep, CheckReadyz, time.Second, member.Policy{Domain: "example.com", InsecureDiscovery: true})
 	defer insecure.close()
-	if got, reason := insecure.check(context.Background()); got != Healthy {
+	if got, reason := judge(t, insecure); got != Healthy {
 		t.Errorf("with --insecure-discovery: %s %q, want healthy", got, reason)
 	}
 	verified := newChecker(ep, CheckReadyz, time.Second, member.Policy{Domain: "example.com"})
 	defer verified.close()
-	if got, _ := verified.check(context.Background()); got != Down {
+	if got, _ := judge(t, verified); got != Down {
 		t.Errorf("without --insecure-discovery: %s, want down: the system roots do not know it", got)
 	}
 }

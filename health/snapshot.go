@@ -181,9 +181,25 @@ type Table struct {
 type Probe struct {
 	At     time.Time
 	Result State
+	NoNews member.Fault  // set when the probe said nothing of the member; Result is then not read
 	Reason string        // empty when healthy
 	Scheme member.Scheme // what the member serves, as far as known
 	Note   string        // what the probe found worth saying, though no fault
+}
+
+// Outcome names what the probe found: its result, or that it had no news of the member.
+func (p Probe) Outcome() string { return Outcome(p.Result, p.NoNews) }
+
+// Outcome names what a probe found: the state st, or, when noNews is set, that the probe said
+// nothing of the member.
+func Outcome(st State, noNews member.Fault) string {
+	switch noNews {
+	case member.SeenLate:
+		return "too late"
+	case member.LocalShortage:
+		return "no verdict"
+	}
+	return st.String()
 }
 
 // LastProbe returns the latest probe of the endpoint at ep's address, and false before its

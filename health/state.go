@@ -15,15 +15,6 @@ const (
 	Healthy
 )
 
-// Results of a probe that say nothing about the member, whose state stays.
-const (
-	// noVerdict: the gateway could not ask; it was out of descriptors, ports, buffers or memory.
-	noVerdict State = -1
-	// tooLate: the probe timed out, but the gateway saw it only long after its deadline: the
-	// gateway itself was not scheduled (paused, starved of CPU). It is retried at once.
-	tooLate State = -2
-)
-
 func (s State) String() string {
 	switch s {
 	case Down:
@@ -32,10 +23,6 @@ func (s State) String() string {
 		return "degraded"
 	case Healthy:
 		return "healthy"
-	case noVerdict:
-		return "no verdict"
-	case tooLate:
-		return "too late"
 	default:
 		return "unknown"
 	}

@@ -2,8 +2,9 @@ package health
 
 // streak is rise and fall: it counts consecutive results that differ from an endpoint's state
 // and says when there have been enough of them to change it. Results better than the state
-// need rise of them in a row, worse ones fall. A result equal to the state, or one that says
-// nothing (the gateway could not ask), changes nothing; a different result starts a new count.
+// need rise of them in a row, worse ones fall. A result equal to the state changes nothing; a
+// different result starts a new count. A probe that says nothing of the member is never
+// observed.
 type streak struct {
 	pending State // the result being counted
 	count   int
@@ -12,8 +13,6 @@ type streak struct {
 // observe counts got against the current state and returns the state to hold from now on.
 func (s *streak) observe(state, got State, rise, fall int) State {
 	switch {
-	case got < Down:
-		return state
 	case got == state:
 		s.count = 0
 		return state

@@ -17,7 +17,6 @@ func TestStreak(t *testing.T) {
 		{"rise 3 broken by a failure", Down, 3, 1, []State{Healthy, Healthy, Down, Healthy, Healthy, Healthy}, []State{Down, Down, Down, Down, Down, Healthy}},
 		{"rise counts toward degraded too", Down, 2, 1, []State{Degraded, Degraded}, []State{Down, Degraded}},
 		{"a change of direction restarts the count", Degraded, 2, 2, []State{Healthy, Down, Down}, []State{Degraded, Degraded, Down}},
-		{"no verdict changes nothing and breaks no streak", Healthy, 1, 2, []State{Down, noVerdict, tooLate, Down}, []State{Healthy, Healthy, Healthy, Down}},
 		{"rise ignored when 1 would be wrong", Down, 4, 1, []State{Healthy, Healthy, Healthy}, []State{Down, Down, Down}},
 	}
 	for _, tt := range tests {

@@ -255,7 +255,7 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 			er.Scheme = member.SchemeTLS.String()
 		}
 		if p, ok := s.src.Table.LastProbe(ep); ok {
-			er.LastProbe = &ProbeJSON{At: p.At.UTC(), Result: p.Result.String(), Reason: p.Reason}
+			er.LastProbe = &ProbeJSON{At: p.At.UTC(), Result: p.Outcome(), Reason: p.Reason}
 			if p.Scheme != member.SchemeUnknown {
 				er.Scheme = p.Scheme.String()
 			}

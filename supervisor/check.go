@@ -17,8 +17,9 @@ type CheckResult struct {
 	Source   string        // "endpoints", "endpoints-file" or "srv"
 	Scheme   member.Scheme // what the member serves, as the probe found
 	State    health.State
-	Reason   string // why it is not healthy
-	Note     string // what the probe found worth saying, though no fault
+	NoNews   member.Fault // set when the probe said nothing of the member; State is then not read
+	Reason   string       // why it is not healthy
+	Note     string       // what the probe found worth saying, though no fault
 	Took     time.Duration
 }
 
@@ -52,7 +53,7 @@ func Check(ctx context.Context, plan *Plan) ([]CheckResult, *MemberListResult, e
 			if ep.Target != "" {
 				source = "srv"
 			}
-			results[i] = CheckResult{Endpoint: ep, Source: source, Scheme: res.Scheme, State: res.State, Reason: res.Reason,
+			results[i] = CheckResult{Endpoint: ep, Source: source, Scheme: res.Scheme, State: res.State, NoNews: res.NoNews, Reason: res.Reason,
 				Note: res.Note, Took: time.Since(began)}
 		}()
 	}

@@ -261,7 +261,7 @@ func check(args []string, stdout, stderr io.Writer) int {
 		if r.Note != "" {
 			why = strings.TrimPrefix(why+"; "+r.Note, "; ")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Endpoint, r.Source, r.Scheme, r.State, r.Took.Round(time.Millisecond), why)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Endpoint, r.Source, r.Scheme, health.Outcome(r.State, r.NoNews), r.Took.Round(time.Millisecond), why)
 	}
 	tw.Flush()
 	fmt.Fprintf(stdout, "%d of %d endpoints healthy\n", healthy, len(results))
