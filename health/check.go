@@ -60,9 +60,7 @@ type checker struct {
 func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg member.Policy) *checker {
 	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}, now: time.Now,
 		tls: ep.MemberTLS(tlsCfg)}
-	if ep.TLS {
-		c.scheme = member.SchemeTLS
-	}
+	c.scheme = schemeOf(ep, member.SchemeUnknown)
 	// Every probe is a new connection, as a new client's would be: a member that serves the
 	// connections it has but accepts no new one (out of descriptors, a full accept queue)
 	// must not look healthy. Heartbeats keep their connection: they ask whether the process

@@ -82,9 +82,7 @@ func (p *Prober) Serve(ctx context.Context) error {
 	chk := newChecker(p.ep, p.cfg.Mode, p.cfg.Timeout, p.cfg.TLS)
 	chk.now = p.now
 	defer chk.close()
-	if last, ok := p.table.LastProbe(p.ep); ok && last.Scheme != member.SchemeUnknown && !p.ep.TLS {
-		chk.scheme = last.Scheme // found before this prober's restart
-	}
+	chk.scheme = p.table.Scheme(p.ep) // found before this prober's restart, if it was
 	hb := newHeartbeater(p.ep.Addr())
 	hb.now = p.now
 	if p.dialHeartbeat != nil {

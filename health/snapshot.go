@@ -212,6 +212,22 @@ func (t *Table) LastProbe(ep resolver.Endpoint) (Probe, bool) {
 	return *v.(*Probe), true
 }
 
+// Scheme returns what the member at ep serves, as far as the gateway knows: see schemeOf.
+func (t *Table) Scheme(ep resolver.Endpoint) member.Scheme {
+	p, _ := t.LastProbe(ep)
+	return schemeOf(ep, p.Scheme)
+}
+
+// schemeOf is what the member at ep serves when its probes found found: TLS for a member from
+// _etcd-client-ssl, which is never taken for plain; what the probes found otherwise (unknown
+// before they found it).
+func schemeOf(ep resolver.Endpoint, found member.Scheme) member.Scheme {
+	if ep.TLS {
+		return member.SchemeTLS
+	}
+	return found
+}
+
 // Probed returns a channel closed when the next probe of any endpoint is recorded.
 func (t *Table) Probed() <-chan struct{} { return t.probed.wait() }
 

@@ -168,9 +168,7 @@ func (r *Rebalancer) sampleConns(now time.Time, eps []resolver.Endpoint, live []
 	control := make([]int64, len(eps))
 	for i, ep := range eps {
 		control[i] = controlFrameBytes
-		if ep.TLS {
-			control[i] = controlFrameBytesTLS
-		} else if probe, ok := r.table.LastProbe(ep); ok && probe.Scheme == member.SchemeTLS {
+		if r.table.Scheme(ep) == member.SchemeTLS {
 			control[i] = controlFrameBytesTLS
 		}
 	}

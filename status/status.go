@@ -26,7 +26,6 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/internal/version"
 	"github.com/etcd-gateway/etcd-gateway/listener"
-	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -250,15 +249,9 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 				er.Source, er.MemberName, er.MemberID = "member-list", mb.Name, fmt.Sprintf("%x", mb.ID)
 			}
 		}
-		er.Scheme = member.SchemeUnknown.String()
-		if ep.TLS {
-			er.Scheme = member.SchemeTLS.String()
-		}
+		er.Scheme = s.src.Table.Scheme(ep).String()
 		if p, ok := s.src.Table.LastProbe(ep); ok {
 			er.LastProbe = &ProbeJSON{At: p.At.UTC(), Result: p.Outcome(), Reason: p.Reason}
-			if p.Scheme != member.SchemeUnknown {
-				er.Scheme = p.Scheme.String()
-			}
 			er.Note = p.Note
 		}
 		rep.Endpoints = append(rep.Endpoints, er)

@@ -30,12 +30,5 @@ func (v clusterView) inState(snap *health.Snapshot, want health.State) []resolve
 	return out
 }
 
-// Scheme returns what the member serves: TLS for a member from _etcd-client-ssl, what the
-// probes found otherwise.
-func (v clusterView) Scheme(ep resolver.Endpoint) member.Scheme {
-	if ep.TLS {
-		return member.SchemeTLS
-	}
-	p, _ := v.table.LastProbe(ep)
-	return p.Scheme
-}
+// Scheme returns what the member serves, as the Table knows it.
+func (v clusterView) Scheme(ep resolver.Endpoint) member.Scheme { return v.table.Scheme(ep) }
