@@ -28,7 +28,7 @@ type Dialer struct {
 	reprobe health.Reprobe
 	timeout time.Duration
 	net     net.Dialer
-	observe Observer
+	observe Observer // nil when nobody observes
 	now     func() time.Time // the clock that judges whether a timeout was seen late
 }
 
@@ -38,18 +38,16 @@ type Observer interface {
 	Dialed(ep resolver.Endpoint, took time.Duration, err error)
 }
 
-// Observe makes o see every dial from now on; call it before the Dialer is used.
-func (d *Dialer) Observe(o Observer) { d.observe = o }
-
 // New returns a Dialer that picks from table, reports failures to reports, asks for re-probes
-// on reprobe while nothing is healthy, bounds each dial by timeout and keeps TCP keep-alive on
-// every backend connection.
-func New(table *health.Table, reports health.Reports, reprobe health.Reprobe, timeout, keepAlive time.Duration) *Dialer {
+// on reprobe while nothing is healthy, bounds each dial by timeout, keeps TCP keep-alive on
+// every backend connection and tells observe (when not nil) of every dial.
+func New(table *health.Table, reports health.Reports, reprobe health.Reprobe, timeout, keepAlive time.Duration, observe Observer) *Dialer {
 	return &Dialer{
 		table:   table,
 		reports: reports,
 		reprobe: reprobe,
 		timeout: timeout,
+		observe: observe,
 		net:     net.Dialer{Timeout: timeout, KeepAlive: keepAlive},
 		now:     time.Now,
 	}

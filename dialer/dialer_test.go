@@ -61,7 +61,7 @@ func startEndpoints(t *testing.T, dialTimeout, retryDelay time.Duration, eps []r
 		<-done
 	})
 	waitFor(t, "the first endpoint set", func() bool { return len(f.table.Load().Known()) == len(eps) })
-	f.dialer = dialer.New(f.table, f.reports, reprobe, dialTimeout, 0)
+	f.dialer = dialer.New(f.table, f.reports, reprobe, dialTimeout, 0, nil)
 	return f
 }
 

@@ -97,19 +97,18 @@ func (f *Forwarder) countersOf(hp resolver.HostPort) *EndpointCounters {
 // *health.Activity is one.
 type ClientCounter interface{ AddClients(delta int64) }
 
-// CountClients makes c follow the number of forwarded connections; call it before Forward.
-func (f *Forwarder) CountClients(c ClientCounter) { f.clients = c }
-
-// NewForwarder returns a Forwarder that dials backends with dial.
-func NewForwarder(dial DialFunc, log *zap.Logger) *Forwarder {
+// NewForwarder returns a Forwarder that dials backends with dial and keeps clients (when not
+// nil) following the number of forwarded connections.
+func NewForwarder(dial DialFunc, clients ClientCounter, log *zap.Logger) *Forwarder {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Forwarder{
-		dial:   dial,
-		log:    log.Named("listener"),
-		ctx:    ctx,
-		cancel: cancel,
-		live:   make(map[*proxied]struct{}),
-		ended:  make(map[resolver.HostPort]*EndpointCounters),
+		dial:    dial,
+		clients: clients,
+		log:     log.Named("listener"),
+		ctx:     ctx,
+		cancel:  cancel,
+		live:    make(map[*proxied]struct{}),
+		ended:   make(map[resolver.HostPort]*EndpointCounters),
 	}
 }
 

@@ -3,6 +3,7 @@ package listener
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"go.uber.org/zap"
@@ -15,7 +16,7 @@ import (
 // the race detector this fails if a connection is visible before its counters are set up.
 func TestCountersWhileConnectionsStart(t *testing.T) {
 	backend := testnet.Echo(t)
-	fwd := NewForwarder(dialTo(backend.Addr()), zap.NewNop())
+	fwd := NewForwarder(dialTo(backend.Addr()), nil, zap.NewNop())
 	defer fwd.Shutdown(defaultTestTimeout, nil)
 	stop := make(chan struct{})
 	var scraper sync.WaitGroup
@@ -55,3 +56,35 @@ func TestCountersWhileConnectionsStart(t *testing.T) {
 		t.Fatalf("connections counted = %d, want 50", got)
 	}
 }
+
+// The clients the Forwarder counts are what keeps the heartbeats going: each forwarded
+// connection counts from its start to its end, with the counter given at construction.
+func TestForwarderCountsClients(t *testing.T) {
+	backend := testnet.Echo(t)
+	var clients clientCount
+	fwd := NewForwarder(dialTo(backend.Addr()), &clients, zap.NewNop())
+	defer fwd.Shutdown(defaultTestTimeout, nil)
+	front := testnet.LocalListener(t)
+	c, err := net.Dial("tcp", front.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted, err := front.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwd.Forward(accepted)
+	roundTrip(t, c, "counted")
+	if clients.n.Load() != 1 {
+		t.Fatal("a forwarded connection is not counted as a client")
+	}
+	c.Close()
+	if !testnet.Eventually(defaultTestTimeout, func() bool { return clients.n.Load() == 0 }) {
+		t.Fatal("a closed connection is still counted as a client")
+	}
+}
+
+// clientCount is a ClientCounter.
+type clientCount struct{ n atomic.Int64 }
+
+func (c *clientCount) AddClients(delta int64) { c.n.Add(delta) }

@@ -44,13 +44,26 @@ type Refresher struct {
 	secureName, plain string
 	out               *Updates
 	log               *zap.Logger
-	lookups, failures atomic.Uint64
+	counts            *LookupCounts
 }
 
 var _ suture.Service = (*Refresher)(nil)
 
+// LookupCounts counts SRV lookups, and the failed ones among them.
+type LookupCounts struct{ lookups, failures atomic.Uint64 }
+
+// Lookups returns how many SRV lookups were done, and how many of them failed.
+func (c *LookupCounts) Lookups() (total, failed uint64) { return c.lookups.Load(), c.failures.Load() }
+
 // Lookups returns how many SRV lookups the Refresher has done, and how many of them failed.
-func (r *Refresher) Lookups() (total, failed uint64) { return r.lookups.Load(), r.failures.Load() }
+func (r *Refresher) Lookups() (total, failed uint64) { return r.counts.Lookups() }
+
+// publishingTo returns a Refresher like r, counting into the same counts, that publishes to out.
+func (r *Refresher) publishingTo(out *Updates) *Refresher {
+	c := *r
+	c.out = out
+	return &c
+}
 
 // NewRefresher checks cfg (refresh bounds, DNS servers) and returns the service, which verifies
 // _etcd-client-ssl members under trust, publishes to out and serves fallback until discovery
@@ -67,7 +80,7 @@ func NewRefresher(cfg SRVConfig, trust member.Policy, fallback []Endpoint, guard
 		return nil, err
 	}
 	secure, plain := SRVNames(cfg.Domain, cfg.ServiceName)
-	return &Refresher{cfg: cfg, fallback: Normalize(fallback), guard: guard, dns: client, trust: trust,
+	return &Refresher{cfg: cfg, fallback: Normalize(fallback), guard: guard, dns: client, trust: trust, counts: &LookupCounts{},
 		secureName: secure, plain: plain, out: out,
 		log: log.Named("resolver").With(zap.String("srv_domain", cfg.Domain))}, nil
 }
@@ -127,11 +140,11 @@ func (run *refresherRun) once(ctx context.Context) (time.Duration, bool) {
 		found, err = d.merge(run.lastByName)
 	}
 	if ctx.Err() == nil {
-		r.lookups.Add(1)
+		r.counts.lookups.Add(1)
 	}
 	if err != nil {
 		if ctx.Err() == nil {
-			r.failures.Add(1)
+			r.counts.failures.Add(1)
 		}
 		if ctx.Err() == nil && !run.failing {
 			run.failing = true
@@ -147,7 +160,7 @@ func (run *refresherRun) once(ctx context.Context) (time.Duration, bool) {
 	}
 	complete := run.judgeNames(d)
 	if !complete {
-		r.failures.Add(1)
+		r.counts.failures.Add(1)
 	}
 	last, _ := r.out.Latest()
 	set, retry := run.admit(ctx, found, last)

@@ -15,6 +15,11 @@ import (
 type Source interface {
 	// Name is what /status and check call the source: "endpoints", "endpoints-file" or "srv".
 	Name() string
+	// Listed is what /status and check call the source of an endpoint not found through SRV
+	// records: the source's Name, or "endpoints" for the fallback of SRV discovery.
+	Listed() string
+	// Lookups counts the source's SRV lookups; nil for a source that looks nothing up.
+	Lookups() *LookupCounts
 	// Service returns the resolver service that publishes the source's sets to out. It is
 	// called once.
 	Service(out *Updates) suture.Service
@@ -36,6 +41,12 @@ func (s *ListSource) Service(out *Updates) suture.Service { return NewStatic(s.e
 
 // Resolve returns the list.
 func (s *ListSource) Resolve(context.Context) ([]Endpoint, error) { return s.endpoints, nil }
+
+// Listed is "endpoints".
+func (s *ListSource) Listed() string { return s.Name() }
+
+// Lookups is nil: a list looks nothing up.
+func (s *ListSource) Lookups() *LookupCounts { return nil }
 
 // FileSource is an endpoints file, followed as it changes and read again on each receive of
 // reload: --endpoints-file.
@@ -63,10 +74,16 @@ func (s *FileSource) Service(out *Updates) suture.Service {
 // Resolve returns the file's endpoints as read at start.
 func (s *FileSource) Resolve(context.Context) ([]Endpoint, error) { return s.first, nil }
 
+// Listed is "endpoints-file".
+func (s *FileSource) Listed() string { return s.Name() }
+
+// Lookups is nil: a file looks nothing up.
+func (s *FileSource) Lookups() *LookupCounts { return nil }
+
 // SRVSource is SRV discovery: --discovery-srv, with the --endpoints the user gave as a
 // fallback until it first succeeds.
 type SRVSource struct {
-	refresher *Refresher // publishes nowhere until Service
+	refresher *Refresher // publishes nowhere: Resolve's, and the model of Service's
 	log       *zap.Logger
 }
 
@@ -83,14 +100,14 @@ func NewSRVSource(cfg SRVConfig, trust member.Policy, fallback []Endpoint, guard
 // Name is "srv".
 func (s *SRVSource) Name() string { return "srv" }
 
-// Service returns the Refresher, publishing to out.
-func (s *SRVSource) Service(out *Updates) suture.Service {
-	s.refresher.out = out
-	return s.refresher
-}
+// Service returns a Refresher publishing to out.
+func (s *SRVSource) Service(out *Updates) suture.Service { return s.refresher.publishingTo(out) }
 
-// Refresher is the source's service, for its lookup counts.
-func (s *SRVSource) Refresher() *Refresher { return s.refresher }
+// Listed is "endpoints": the fallback until discovery first succeeds is --endpoints.
+func (s *SRVSource) Listed() string { return "endpoints" }
+
+// Lookups counts the lookups of the source's Refresher.
+func (s *SRVSource) Lookups() *LookupCounts { return s.refresher.counts }
 
 // Resolve looks the members up once; when that fails it returns the fallback, if any, with
 // the failure logged.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/etcd-gateway/etcd-gateway/dialer"
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/internal/version"
 	"github.com/etcd-gateway/etcd-gateway/listener"
@@ -16,8 +17,9 @@ import (
 
 const namespace = "etcd_gateway"
 
-// dialMetrics are updated by the dialer on every dial to a member.
-type dialMetrics struct {
+// DialMetrics are the dial latency and failure series of each member, updated by the dialer on
+// every dial (a dialer.Observer) and exported by the status server.
+type DialMetrics struct {
 	latency  *prometheus.HistogramVec
 	failures *prometheus.CounterVec
 	series   sync.Map // resolver.HostPort → *dialSeries, so that a dial builds no label
@@ -29,8 +31,11 @@ type dialSeries struct {
 	failures prometheus.Counter
 }
 
-func newDialMetrics() *dialMetrics {
-	return &dialMetrics{
+var _ dialer.Observer = (*DialMetrics)(nil)
+
+// NewDialMetrics returns empty dial metrics.
+func NewDialMetrics() *DialMetrics {
+	return &DialMetrics{
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Subsystem: "endpoint", Name: "dial_duration_seconds",
 			Help:    "Time to connect to the endpoint, successful or not.",
@@ -44,7 +49,7 @@ func newDialMetrics() *dialMetrics {
 }
 
 // Dialed records one dial.
-func (m *dialMetrics) Dialed(ep resolver.Endpoint, took time.Duration, err error) {
+func (m *DialMetrics) Dialed(ep resolver.Endpoint, took time.Duration, err error) {
 	hp := ep.HostPort()
 	v, ok := m.series.Load(hp)
 	if !ok {
@@ -59,7 +64,7 @@ func (m *dialMetrics) Dialed(ep resolver.Endpoint, took time.Duration, err error
 }
 
 // addresses returns every address with dial series.
-func (m *dialMetrics) addresses() []resolver.HostPort {
+func (m *DialMetrics) addresses() []resolver.HostPort {
 	var out []resolver.HostPort
 	m.series.Range(func(k, _ any) bool {
 		out = append(out, k.(resolver.HostPort))
@@ -69,7 +74,7 @@ func (m *dialMetrics) addresses() []resolver.HostPort {
 }
 
 // forget drops the dial series of hp.
-func (m *dialMetrics) forget(hp resolver.HostPort) {
+func (m *DialMetrics) forget(hp resolver.HostPort) {
 	m.series.Delete(hp)
 	m.latency.DeleteLabelValues(hp.String())
 	m.failures.DeleteLabelValues(hp.String())
@@ -110,14 +115,14 @@ var states = []health.State{health.Healthy, health.Degraded, health.Down}
 // been out of the endpoint set for seriesRetention, with no connection, are dropped.
 type gatewayCollector struct {
 	src   Sources
-	dials *dialMetrics
+	dials *DialMetrics
 	now   func() time.Time
 
 	mu   sync.Mutex
 	gone map[resolver.HostPort]time.Time // when an address with series was first seen out of the set
 }
 
-func newGatewayCollector(src Sources, dials *dialMetrics) *gatewayCollector {
+func newGatewayCollector(src Sources, dials *DialMetrics) *gatewayCollector {
 	return &gatewayCollector{src: src, dials: dials, now: time.Now, gone: make(map[resolver.HostPort]time.Time)}
 }
 

@@ -46,12 +46,12 @@ func newMetricsFixture(t *testing.T) *metricsFixture {
 			return nil, ep, nil, err
 		}
 		return c.(*net.TCPConn), ep, nil, nil
-	}, zap.NewNop())
+	}, nil, zap.NewNop())
 	ln, err := Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.srv = New(ln, Sources{Table: f.table, Forwarder: f.fwd, StaticSource: "endpoints"}, zap.NewNop())
+	f.srv = New(ln, Sources{Table: f.table, Forwarder: f.fwd, StaticSource: "endpoints"}, NewDialMetrics(), zap.NewNop())
 	base, stop := serve(t, f.srv)
 	f.base = base
 	t.Cleanup(func() {
@@ -144,12 +144,12 @@ func TestMetricsOnePerAddressAndPruned(t *testing.T) {
 	f := newMetricsFixture(t)
 	f.publish(t, epA)
 	f.forwardOne(t)
-	f.srv.DialObserver().Dialed(epA, time.Millisecond, nil)
+	f.srv.dials.Dialed(epA, time.Millisecond, nil)
 
 	heavier := epA
 	heavier.Weight, heavier.Priority = 50, 5
 	f.publish(t, heavier)
-	f.srv.DialObserver().Dialed(heavier, time.Millisecond, nil)
+	f.srv.dials.Dialed(heavier, time.Millisecond, nil)
 	f.forwardOne(t)
 	both := resolver.Normalize([]resolver.Endpoint{heavier, {Host: heavier.Host, Port: heavier.Port, Target: "a.example.com", TLS: true}})
 	if len(both) != 1 || !both[0].TLS {

@@ -22,7 +22,6 @@ import (
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
 
-	"github.com/etcd-gateway/etcd-gateway/dialer"
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/internal/version"
 	"github.com/etcd-gateway/etcd-gateway/listener"
@@ -57,7 +56,7 @@ type Server struct {
 	ln      *net.TCPListener
 	src     Sources
 	reg     *prometheus.Registry
-	dials   *dialMetrics
+	dials   *DialMetrics
 	gateway *gatewayCollector
 	log     *zap.Logger
 	// draining is set when the gateway stops accepting: /readyz answers 503 from then on.
@@ -79,9 +78,10 @@ func Listen(ctx context.Context, addr string) (*net.TCPListener, error) {
 	return ln.(*net.TCPListener), nil
 }
 
-// New returns the status server of src on ln. It never closes ln; whoever bound it does.
-func New(ln *net.TCPListener, src Sources, log *zap.Logger) *Server {
-	s := &Server{ln: ln, src: src, reg: prometheus.NewRegistry(), dials: newDialMetrics(), log: log.Named("status")}
+// New returns the status server of src on ln, which exports dials too. It never closes ln;
+// whoever bound it does.
+func New(ln *net.TCPListener, src Sources, dials *DialMetrics, log *zap.Logger) *Server {
+	s := &Server{ln: ln, src: src, reg: prometheus.NewRegistry(), dials: dials, log: log.Named("status")}
 	s.gateway = newGatewayCollector(src, s.dials)
 	s.reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -90,9 +90,6 @@ func New(ln *net.TCPListener, src Sources, log *zap.Logger) *Server {
 	)
 	return s
 }
-
-// DialObserver is what the dialer reports every dial to.
-func (s *Server) DialObserver() dialer.Observer { return s.dials }
 
 // String names the service in supervisor events.
 func (s *Server) String() string { return "status/" + s.ln.Addr().String() }

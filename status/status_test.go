@@ -55,9 +55,9 @@ func TestServerBeforeAnyEndpointAndAfterARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	fwd := listener.NewForwarder(nil, zap.NewNop())
+	fwd := listener.NewForwarder(nil, nil, zap.NewNop())
 	defer fwd.Shutdown(time.Second, nil)
-	s := New(ln, Sources{Table: health.NewTable(), Forwarder: fwd, StaticSource: "endpoints"}, zap.NewNop())
+	s := New(ln, Sources{Table: health.NewTable(), Forwarder: fwd, StaticSource: "endpoints"}, NewDialMetrics(), zap.NewNop())
 
 	base, stop := serve(t, s)
 	if code, body := get(t, base+"/healthz"); code != http.StatusOK {
@@ -75,8 +75,8 @@ func TestServerBeforeAnyEndpointAndAfterARestart(t *testing.T) {
 		t.Errorf("/metrics = %d, without build info", code)
 	}
 	ep := resolver.Endpoint{Host: "127.0.0.1", Port: 2379}
-	s.DialObserver().Dialed(ep, 3*time.Millisecond, nil)
-	s.DialObserver().Dialed(ep, time.Second, errors.New("connection refused"))
+	s.dials.Dialed(ep, 3*time.Millisecond, nil)
+	s.dials.Dialed(ep, time.Second, errors.New("connection refused"))
 	_, body = get(t, base+"/metrics")
 	for _, want := range []string{
 		`etcd_gateway_endpoint_dial_failures_total{endpoint="127.0.0.1:2379"} 1`,

@@ -40,7 +40,7 @@ func Check(ctx context.Context, plan *Plan) ([]CheckResult, *MemberListResult, e
 	if err != nil {
 		return nil, nil, err
 	}
-	listed := listedSourceName(plan.source)
+	listed := plan.source.Listed()
 	results := make([]CheckResult, len(eps))
 	var wg sync.WaitGroup
 	for i, ep := range eps {
@@ -73,13 +73,4 @@ func Check(ctx context.Context, plan *Plan) ([]CheckResult, *MemberListResult, e
 		}
 	}
 	return results, list, nil
-}
-
-// listedSourceName names where endpoints not found through SRV records come from: the
-// --endpoints an SRV source falls back to, or the list or the file.
-func listedSourceName(s resolver.Source) string {
-	if _, ok := s.(*resolver.SRVSource); ok {
-		return "endpoints"
-	}
-	return s.Name()
 }

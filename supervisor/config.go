@@ -16,6 +16,7 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/listener"
 	"github.com/etcd-gateway/etcd-gateway/member"
+	"github.com/thejerf/suture/v4"
 
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
@@ -108,6 +109,9 @@ type Plan struct {
 	probe  health.ProbeConfig
 	source resolver.Source
 	log    *zap.Logger
+	// wrap wraps every service New puts in the tree; nil is the identity. Tests set it to
+	// inject faults into each service.
+	wrap func(suture.Service) suture.Service
 }
 
 // Prepare checks cfg before anything is bound and builds its parts: the listen address, the

@@ -39,20 +39,20 @@ func (f *faulty) Serve(ctx context.Context) error {
 	}
 }
 
-// injectFaults makes every service of the gateways built until the test ends faulty.
-func injectFaults(t *testing.T) func() []*faulty {
+// injectFaults makes every service of the gateway plan builds faulty, and returns them as
+// they are built.
+func injectFaults(plan *Plan) func() []*faulty {
 	var (
 		mu       sync.Mutex
 		wrappers []*faulty
 	)
-	serviceHook = func(s suture.Service) suture.Service {
+	plan.wrap = func(s suture.Service) suture.Service {
 		f := &faulty{inner: s, trigger: make(chan struct{})}
 		mu.Lock()
 		wrappers = append(wrappers, f)
 		mu.Unlock()
 		return f
 	}
-	t.Cleanup(func() { serviceHook = func(s suture.Service) suture.Service { return s } })
 	return func() []*faulty {
 		mu.Lock()
 		defer mu.Unlock()
@@ -82,10 +82,11 @@ func panicOnce(t *testing.T, f *faulty) {
 // connection keeps flowing and new ones are served; repeated panics back off instead of
 // restarting in a busy loop.
 func TestEveryServiceSurvivesAPanic(t *testing.T) {
-	services := injectFaults(t)
 	cfg := echoConfig(t, 2)
 	cfg.MetricsAddr = "127.0.0.1:0"
-	gw, _, _ := startGateway(t, cfg)
+	plan := prepare(t, cfg)
+	services := injectFaults(plan)
+	gw, _, _ := startPlan(t, plan)
 	live, err := net.Dial("tcp", gw.Addr().String())
 	if err != nil {
 		t.Fatal(err)

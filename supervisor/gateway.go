@@ -31,10 +31,6 @@ func (e *BindError) Error() string { return fmt.Sprintf("listen on %s: %v", e.Ad
 
 func (e *BindError) Unwrap() error { return e.Err }
 
-// serviceHook wraps every service New puts in the tree. It is the identity; tests replace it
-// to inject faults into each service.
-var serviceHook = func(s suture.Service) suture.Service { return s }
-
 // Gateway is a bound gateway, ready to Serve.
 type Gateway struct {
 	cfg      Config
@@ -55,6 +51,10 @@ type Gateway struct {
 // Serve.
 func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 	cfg, log, probe := plan.cfg, plan.log, plan.probe
+	wrap := plan.wrap
+	if wrap == nil {
+		wrap = func(s suture.Service) suture.Service { return s }
+	}
 	ln, err := listener.Listen(ctx, cfg.ListenAddr, cfg.KeepAlive, cfg.SocketMode)
 	if err != nil {
 		return nil, &BindError{Addr: cfg.ListenAddr, Err: err}
@@ -73,7 +73,13 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 	reports := health.NewReports(reportBuffer)
 	reprobe := health.NewReprobe()
 	updates := resolver.NewUpdates()
-	dial := dialer.New(table, reports, reprobe, cfg.DialTimeout, cfg.KeepAlive)
+	var dials *status.DialMetrics
+	var observe dialer.Observer
+	if cfg.MetricsAddr != "" {
+		dials = status.NewDialMetrics()
+		observe = dials
+	}
+	dial := dialer.New(table, reports, reprobe, cfg.DialTimeout, cfg.KeepAlive, observe)
 	// With the member list followed, the starting endpoints are its seeds.
 	seeds := updates
 	var memberList *resolver.MemberList
@@ -90,35 +96,34 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 			return nil, &BindError{Addr: cfg.MetricsAddr, Err: err}
 		}
 	}
-	fwd := listener.NewForwarder(dial.Dial, log)
-	fwd.CountClients(activity)
+	fwd := listener.NewForwarder(dial.Dial, activity, log)
 
 	hook := EventHook(log)
 	tree := suture.New("gateway", suture.Spec{EventHook: hook})
 	// The accept loop gets a supervisor of its own so its restarts are not held up by
 	// flapping probers, and restart quickly: the socket and connections survive it.
 	listenSup := suture.New("listener", suture.Spec{EventHook: hook, FailureBackoff: time.Second})
-	listenSup.Add(serviceHook(listener.NewService(ln, fwd, log)))
+	listenSup.Add(wrap(listener.NewService(ln, fwd, log)))
 	if cfg.Health.Evict {
-		listenSup.Add(serviceHook(listener.NewEvictor(table, fwd, reprobe, log)))
+		listenSup.Add(wrap(listener.NewEvictor(table, fwd, reprobe, log)))
 	}
 	var rebalancer *listener.Rebalancer
 	if cfg.Rebalance {
 		rebalancer = listener.NewRebalancer(table, fwd, cfg.RebalanceQuiet, log)
-		listenSup.Add(serviceHook(rebalancer))
+		listenSup.Add(wrap(rebalancer))
 	}
 	tree.Add(listenSup)
-	tree.Add(serviceHook(source))
+	tree.Add(wrap(source))
 	if memberList != nil {
-		tree.Add(serviceHook(memberList))
+		tree.Add(wrap(memberList))
 	}
-	tree.Add(serviceHook(&notifier{table: table, log: log.Named("supervisor")}))
+	tree.Add(wrap(&notifier{table: table, log: log.Named("supervisor")}))
 	var statusTree *suture.Supervisor
 	var statusSrv *status.Server
 	if statusLn != nil {
-		src := status.Sources{Table: table, Forwarder: fwd, StaticSource: listedSourceName(plan.source)}
-		if r, ok := source.(*resolver.Refresher); ok {
-			src.Discovery = r
+		src := status.Sources{Table: table, Forwarder: fwd, StaticSource: plan.source.Listed()}
+		if lookups := plan.source.Lookups(); lookups != nil {
+			src.Discovery = lookups
 		}
 		if memberList != nil {
 			src.MemberList = memberList
@@ -126,13 +131,12 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 		if rebalancer != nil {
 			src.Rebalancer = rebalancer
 		}
-		statusSrv = status.New(statusLn, src, log)
-		dial.Observe(statusSrv.DialObserver())
+		statusSrv = status.New(statusLn, src, dials, log)
 		statusTree = suture.New("status", suture.Spec{EventHook: hook})
-		statusTree.Add(serviceHook(statusSrv))
+		statusTree.Add(wrap(statusSrv))
 	}
 	healthSup := suture.New("health", suture.Spec{EventHook: hook})
-	healthSup.Add(serviceHook(health.NewManager(health.ManagerConfig{
+	healthSup.Add(wrap(health.NewManager(health.ManagerConfig{
 		Table:      table,
 		Updates:    updates,
 		Reports:    reports,

@@ -31,7 +31,13 @@ func prepare(t *testing.T, cfg Config) *Plan {
 
 func startGateway(t *testing.T, cfg Config) (*Gateway, context.CancelFunc, <-chan error) {
 	t.Helper()
-	gw, err := New(context.Background(), prepare(t, cfg))
+	return startPlan(t, prepare(t, cfg))
+}
+
+// startPlan builds the gateway of plan and serves it until the test ends.
+func startPlan(t *testing.T, plan *Plan) (*Gateway, context.CancelFunc, <-chan error) {
+	t.Helper()
+	gw, err := New(context.Background(), plan)
 	if err != nil {
 		t.Fatal(err)
 	}
