@@ -28,7 +28,7 @@ type Dialer struct {
 	reprobe health.Reprobe
 	timeout time.Duration
 	net     net.Dialer
-	observe Observer // nil when nobody observes
+	observe Observer         // nil when nobody observes
 	now     func() time.Time // the clock that judges whether a timeout was seen late
 }
 
