@@ -76,6 +76,9 @@ func newSnapshot(known []resolver.Endpoint, states []State, reasons []string, si
 // Known returns every endpoint of the current set, whatever its state.
 func (s *Snapshot) Known() []resolver.Endpoint { return s.known }
 
+// Knows reports whether hp is the address of an endpoint of the current set.
+func (s *Snapshot) Knows(hp resolver.HostPort) bool { return s.index(hp) >= 0 }
+
 // index returns the position of ep's address in known, or -1.
 func (s *Snapshot) index(hp resolver.HostPort) int {
 	return slices.IndexFunc(s.known, func(k resolver.Endpoint) bool { return k.Host == hp.Host && k.Port == hp.Port })

@@ -70,7 +70,7 @@ func newEvictionFixture(t *testing.T, startEvictor bool) *evictionFixture {
 		Probe: health.ProbeConfig{Mode: health.CheckTCP, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour, Rise: 1, Fall: 1},
 		Log:   zap.NewNop()})
 	ln := testnet.LocalListener(t)
-	f.fwd = NewForwarder(dialerOf(f.table), nil, zap.NewNop())
+	f.fwd = NewForwarder(ForwarderConfig{Dial: dialerOf(f.table), Log: zap.NewNop()})
 	ctx, cancel := context.WithCancel(context.Background())
 	var running sync.WaitGroup
 	f.run = func(svc interface{ Serve(context.Context) error }) {

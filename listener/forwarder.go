@@ -29,86 +29,44 @@ type Forwarder struct {
 	wg     sync.WaitGroup
 
 	clients  ClientCounter // nil when nobody counts
+	counters *counters
 	mu       sync.Mutex
-	live     map[*proxied]struct{}                   // every forwarded connection
-	ended    map[resolver.HostPort]*EndpointCounters // what ended connections moved, and counts of all
-	shutdown bool                                    // Shutdown has closed the live connections; take no more
+	live     map[*proxied]struct{} // every forwarded connection
+	shutdown bool                  // Shutdown has closed the live connections; take no more
 }
 
-// EndpointCounters is what the Forwarder has done with one endpoint's address since it
-// started.
-type EndpointCounters struct {
-	Active  int    // connections forwarded now
-	Total   uint64 // connections forwarded, ended or not
-	Evicted uint64 // connections closed because the endpoint turned unhealthy
-	// Rebalanced counts quiet connections closed so that their clients move to a less loaded
-	// member.
-	Rebalanced uint64
-	BytesUp    uint64 // client to endpoint
-	BytesDown  uint64 // endpoint to client
-}
-
-// Counters returns the counters of every address the Forwarder has forwarded to and not
-// forgotten. It walks the live connections, so call it at the pace of a metrics scrape, not
-// per connection.
-func (f *Forwarder) Counters() map[resolver.HostPort]EndpointCounters {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := make(map[resolver.HostPort]EndpointCounters, len(f.ended))
-	for hp, c := range f.ended {
-		out[hp] = *c
-	}
-	for p := range f.live {
-		hp := p.endpoint.HostPort()
-		c := out[hp]
-		c.Active++
-		c.BytesUp += uint64(p.up.n.Load())
-		c.BytesDown += uint64(p.down.n.Load())
-		out[hp] = c
-	}
-	return out
-}
-
-// Forget drops the counters of hp unless a connection to it is live, and reports whether it
-// did: metrics stop reporting an address that has left the endpoint set for good.
-func (f *Forwarder) Forget(hp resolver.HostPort) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for p := range f.live {
-		if p.endpoint.HostPort() == hp {
-			return false
-		}
-	}
-	delete(f.ended, hp)
-	return true
-}
-
-// countersOf returns the counters of hp, creating them. Call it with f.mu held.
-func (f *Forwarder) countersOf(hp resolver.HostPort) *EndpointCounters {
-	c := f.ended[hp]
-	if c == nil {
-		c = &EndpointCounters{}
-		f.ended[hp] = c
-	}
-	return c
-}
+// Counters returns the counters of every address the Forwarder has forwarded to, but for
+// those dropped after they left the endpoint set. It loads atomics and takes no lock a
+// connection takes.
+func (f *Forwarder) Counters() map[resolver.HostPort]EndpointCounters { return f.counters.read() }
 
 // ClientCounter is told when a forwarded connection starts (+1) and ends (-1);
 // *health.Activity is one.
 type ClientCounter interface{ AddClients(delta int64) }
 
-// NewForwarder returns a Forwarder that dials backends with dial and keeps clients (when not
-// nil) following the number of forwarded connections.
-func NewForwarder(dial DialFunc, clients ClientCounter, log *zap.Logger) *Forwarder {
+// ForwarderConfig is what a Forwarder works with.
+type ForwarderConfig struct {
+	Dial DialFunc // connects each client to a backend
+	// Clients follows the number of forwarded connections; nil when nobody counts.
+	Clients ClientCounter
+	// Known says whether an address is in the endpoint set, for the retention of its counters;
+	// nil keeps every address's counters.
+	Known func(resolver.HostPort) bool
+	Now   func() time.Time // the clock of the counters' retention; nil is time.Now
+	Log   *zap.Logger
+}
+
+// NewForwarder returns a Forwarder of cfg.
+func NewForwarder(cfg ForwarderConfig) *Forwarder {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Forwarder{
-		dial:    dial,
-		clients: clients,
-		log:     log.Named("listener"),
-		ctx:     ctx,
-		cancel:  cancel,
-		live:    make(map[*proxied]struct{}),
-		ended:   make(map[resolver.HostPort]*EndpointCounters),
+		dial:     cfg.Dial,
+		clients:  cfg.Clients,
+		counters: newCounters(cfg.Known, cfg.Now),
+		log:      cfg.Log.Named("listener"),
+		ctx:      ctx,
+		cancel:   cancel,
+		live:     make(map[*proxied]struct{}),
 	}
 }
 
@@ -181,7 +139,7 @@ func (f *Forwarder) track(p *proxied) bool {
 		return false
 	}
 	f.live[p] = struct{}{}
-	f.countersOf(p.endpoint.HostPort()).Total++
+	p.counts = f.counters.start(p.endpoint.HostPort())
 	if f.clients != nil {
 		f.clients.AddClients(1)
 	}
@@ -216,9 +174,7 @@ func (f *Forwarder) Evict(ctx context.Context, hp resolver.HostPort, spread time
 				return i
 			}
 		}
-		f.mu.Lock()
-		f.countersOf(hp).Evicted++
-		f.mu.Unlock()
+		p.counts.evicted.Add(1)
 		p.abort()
 	}
 	return len(victims)
@@ -245,7 +201,7 @@ func (f *Forwarder) rebalance(p *proxied) bool {
 		f.mu.Unlock()
 		return false
 	}
-	f.countersOf(p.endpoint.HostPort()).Rebalanced++
+	p.counts.rebalanced.Add(1)
 	f.mu.Unlock()
 	p.abort()
 	return true
@@ -254,9 +210,7 @@ func (f *Forwarder) rebalance(p *proxied) bool {
 func (f *Forwarder) untrack(p *proxied) {
 	f.mu.Lock()
 	if _, ok := f.live[p]; ok {
-		c := f.countersOf(p.endpoint.HostPort())
-		c.BytesUp += uint64(p.up.n.Load())
-		c.BytesDown += uint64(p.down.n.Load())
+		p.counts.end()
 		if f.clients != nil {
 			f.clients.AddClients(-1)
 		}

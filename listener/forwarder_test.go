@@ -16,7 +16,7 @@ import (
 // the race detector this fails if a connection is visible before its counters are set up.
 func TestCountersWhileConnectionsStart(t *testing.T) {
 	backend := testnet.Echo(t)
-	fwd := NewForwarder(dialTo(backend.Addr()), nil, zap.NewNop())
+	fwd := NewForwarder(ForwarderConfig{Dial: dialTo(backend.Addr()), Log: zap.NewNop()})
 	defer fwd.Shutdown(defaultTestTimeout, nil)
 	stop := make(chan struct{})
 	var scraper sync.WaitGroup
@@ -62,7 +62,7 @@ func TestCountersWhileConnectionsStart(t *testing.T) {
 func TestForwarderCountsClients(t *testing.T) {
 	backend := testnet.Echo(t)
 	var clients clientCount
-	fwd := NewForwarder(dialTo(backend.Addr()), &clients, zap.NewNop())
+	fwd := NewForwarder(ForwarderConfig{Dial: dialTo(backend.Addr()), Clients: &clients, Log: zap.NewNop()})
 	defer fwd.Shutdown(defaultTestTimeout, nil)
 	front := testnet.LocalListener(t)
 	c, err := net.Dial("tcp", front.Addr().String())

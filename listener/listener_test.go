@@ -90,7 +90,7 @@ func TestServiceBacksOffOnTemporaryAcceptErrors(t *testing.T) {
 		faults = append(faults, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE})
 	}
 	ln.fail(faults...)
-	fwd := NewForwarder(dialTo(echo.Addr()), nil, zaptest.NewLogger(t))
+	fwd := NewForwarder(ForwarderConfig{Dial: dialTo(echo.Addr()), Log: zaptest.NewLogger(t)})
 	svc := NewService(ln, fwd, zaptest.NewLogger(t))
 	var pauses []time.Duration
 	svc.sleep = func(_ context.Context, d time.Duration) { pauses = append(pauses, d) }
@@ -136,7 +136,7 @@ func testRestartAfter(t *testing.T, fault error) {
 	echo := testnet.Echo(t)
 	ln := &faultyListener{TCPListener: testnet.LocalListener(t)}
 	log := zaptest.NewLogger(t)
-	fwd := NewForwarder(dialTo(echo.Addr()), nil, log)
+	fwd := NewForwarder(ForwarderConfig{Dial: dialTo(echo.Addr()), Log: log})
 	restarted := make(chan struct{}, 1)
 	sup := suture.New("listener", suture.Spec{
 		FailureBackoff: time.Millisecond,
@@ -193,7 +193,7 @@ func testRestartAfter(t *testing.T, fault error) {
 func TestForwarderShutdownDrainsThenCloses(t *testing.T) {
 	echo := testnet.Echo(t)
 	ln := testnet.LocalListener(t)
-	fwd := NewForwarder(dialTo(echo.Addr()), nil, zap.NewNop())
+	fwd := NewForwarder(ForwarderConfig{Dial: dialTo(echo.Addr()), Log: zap.NewNop()})
 	svc := NewService(ln, fwd, zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -340,7 +340,7 @@ func TestListenUnixSocket(t *testing.T) {
 		t.Fatalf("second listen on a served socket = %v, want it refused as in use", err)
 	}
 
-	fwd := NewForwarder(dialTo(backend.Addr()), nil, zap.NewNop())
+	fwd := NewForwarder(ForwarderConfig{Dial: dialTo(backend.Addr()), Log: zap.NewNop()})
 	svc := NewService(ln, fwd, zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -431,10 +431,10 @@ func TestListenUnixHasItsModeBeforeItListens(t *testing.T) {
 func TestServiceTreatsAClosedSocketAsAStop(t *testing.T) {
 	ln := testnet.LocalListener(t)
 	forwarded := make(chan struct{}, 1)
-	fwd := NewForwarder(func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
+	fwd := NewForwarder(ForwarderConfig{Dial: func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
 		forwarded <- struct{}{}
 		return nil, resolver.Endpoint{}, nil, errors.New("no backend in this test")
-	}, nil, zap.NewNop())
+	}, Log: zap.NewNop()})
 	defer fwd.Shutdown(defaultTestTimeout, nil)
 	svc := NewService(ln, fwd, zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -479,7 +479,7 @@ func TestShutdownRefusesADialThatEndsLate(t *testing.T) {
 		return c.(*net.TCPConn), resolver.Endpoint{Host: "backend"}, nil, nil
 	}
 	ln := testnet.LocalListener(t)
-	fwd := NewForwarder(slowDial, nil, zap.NewNop())
+	fwd := NewForwarder(ForwarderConfig{Dial: slowDial, Log: zap.NewNop()})
 	svc := NewService(ln, fwd, zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
@@ -555,7 +555,7 @@ type servedListener struct {
 func serveListenerWith(t testing.TB, dial DialFunc) servedListener {
 	t.Helper()
 	ln := testnet.LocalListener(t)
-	fwd := NewForwarder(dial, nil, zap.NewNop())
+	fwd := NewForwarder(ForwarderConfig{Dial: dial, Log: zap.NewNop()})
 	svc := NewService(ln, fwd, zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -32,9 +32,10 @@ type proxied struct {
 	client   stream
 	backend  *net.TCPConn
 	endpoint resolver.Endpoint
-	born     time.Time // when the client arrived
-	up, down half      // client to backend, backend to client
-	quiet    quietness // the rebalancer's view of its traffic; only the rebalancer touches it
+	born     time.Time     // when the client arrived
+	up, down half          // client to backend, backend to client
+	quiet    quietness     // the rebalancer's view of its traffic; only the rebalancer touches it
+	counts   *addrCounters // its endpoint address's, set when it is tracked
 	pending  atomic.Int32
 	done     func(*proxied)
 	wg       *sync.WaitGroup // owner of the two goroutines
@@ -54,12 +55,13 @@ type half struct {
 	dst, src stream
 	raw      syscall.RawConn  // src's
 	queued   io.LimitedReader // reused by every splice of this direction
-	n        atomic.Int64     // bytes copied; read by metrics while it runs
+	n        atomic.Int64     // bytes copied; read by the rebalancer while it runs
+	sum      *atomic.Uint64   // the address's count of this direction, which n's bytes go to too
 	err      error            // why it ended; nil after a clean EOF
 }
 
 // prepare sets up both directions. It must finish before the connection is tracked: from then
-// on metrics read the byte counters while the halves run.
+// on the rebalancer reads the byte counters while the halves run.
 func (p *proxied) prepare() error {
 	p.up = half{p: p, dst: p.backend, src: p.client}
 	p.down = half{p: p, dst: p.client, src: p.backend}
@@ -74,8 +76,9 @@ func (p *proxied) prepare() error {
 	return nil
 }
 
-// start runs both directions of a prepared connection.
+// start runs both directions of a prepared connection, counting their bytes into p.counts.
 func (p *proxied) start() {
+	p.up.sum, p.down.sum = &p.counts.bytesUp, &p.counts.bytesDown
 	p.pending.Store(2)
 	p.wg.Add(2)
 	go p.up.copyUp()
@@ -160,6 +163,7 @@ func (h *half) copy() error {
 		}
 		w, err := h.dst.Write((*buf)[:n])
 		h.n.Add(int64(w))
+		h.sum.Add(uint64(w))
 		full := n == len(*buf)
 		buffers.Put(buf)
 		if err != nil {
@@ -168,6 +172,7 @@ func (h *half) copy() error {
 		if rf, ok := h.dst.(io.ReaderFrom); ok && full {
 			m, err := h.spliceQueued(rf)
 			h.n.Add(m)
+			h.sum.Add(uint64(m))
 			if err != nil {
 				return err
 			}

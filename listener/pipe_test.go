@@ -40,7 +40,7 @@ func startProxied(t *testing.T, handle func(*net.TCPConn)) (*net.TCPConn, <-chan
 	}
 	res := make(chan pipeResult, 1)
 	var wg sync.WaitGroup
-	p := &proxied{client: accepted, backend: back.(*net.TCPConn), wg: &wg, done: func(p *proxied) {
+	p := &proxied{client: accepted, backend: back.(*net.TCPConn), counts: &addrCounters{}, wg: &wg, done: func(p *proxied) {
 		res <- pipeResult{p.up.n.Load(), p.down.n.Load(), p.err()}
 	}}
 	if err := p.prepare(); err != nil {

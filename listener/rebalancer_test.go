@@ -93,7 +93,7 @@ func TestRebalancerMovesOnlyQuietConnections(t *testing.T) {
 		Reprobe: health.NewReprobe(),
 		Probe:   health.ProbeConfig{Mode: health.CheckTCP, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour, Rise: 1, Fall: 1},
 		Log:     zap.NewNop()})
-	fwd := NewForwarder(leastLoadedDial(table), nil, zap.NewNop())
+	fwd := NewForwarder(ForwarderConfig{Dial: leastLoadedDial(table), Log: zap.NewNop()})
 	ln := testnet.LocalListener(t)
 	core, logs := observer.New(zap.InfoLevel)
 	rb := NewRebalancer(table, fwd, 300*time.Millisecond, zap.New(core))

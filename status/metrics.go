@@ -1,8 +1,6 @@
 package status
 
 import (
-	"maps"
-	"slices"
 	"sync"
 	"time"
 
@@ -103,16 +101,17 @@ var (
 
 var rotations = []health.Rotation{health.RotationHealthy, health.RotationDegraded, health.RotationLastResort, health.RotationNone}
 
-// seriesRetention is how long the series of an address that left the endpoint set stay, so
-// that a scrape sees its last counts; then they are dropped.
+// seriesRetention is how long the dial series of an address that left the endpoint set, with
+// no live connection, stay, so that a scrape sees its last counts; then they are dropped. The
+// Forwarder keeps its counters as long.
 const seriesRetention = 10 * time.Minute
 
 var states = []health.State{health.Healthy, health.Degraded, health.Down}
 
 // gatewayCollector reads the gateway's state at each scrape, and collects the dial metrics.
-// Every series is keyed by address,
-// so there is one per member whatever its SRV records say; the series of an address that has
-// been out of the endpoint set for seriesRetention, with no connection, are dropped.
+// Every series is keyed by address, so there is one per member whatever its SRV records say;
+// the dial series of an address that has been out of the endpoint set for seriesRetention,
+// with no connection, are dropped, and the Forwarder drops its counters then.
 type gatewayCollector struct {
 	src   Sources
 	dials *DialMetrics
@@ -126,8 +125,8 @@ func newGatewayCollector(src Sources, dials *DialMetrics) *gatewayCollector {
 	return &gatewayCollector{src: src, dials: dials, now: time.Now, gone: make(map[resolver.HostPort]time.Time)}
 }
 
-// prune drops the series of addresses out of the set for seriesRetention, and returns the
-// forwarding counters still to report.
+// prune drops the dial series of addresses out of the set for seriesRetention, and returns
+// the forwarding counters to report.
 func (c *gatewayCollector) prune(snap *health.Snapshot) map[resolver.HostPort]listener.EndpointCounters {
 	counters := c.src.Forwarder.Counters()
 	known := make(map[resolver.HostPort]bool, len(snap.Known()))
@@ -138,10 +137,7 @@ func (c *gatewayCollector) prune(snap *health.Snapshot) map[resolver.HostPort]li
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	seen := make(map[resolver.HostPort]bool)
-	for _, hp := range append(c.dials.addresses(), slices.Collect(maps.Keys(counters))...) {
-		if seen[hp] {
-			continue
-		}
+	for _, hp := range c.dials.addresses() {
 		seen[hp] = true
 		if known[hp] || counters[hp].Active > 0 {
 			delete(c.gone, hp)
@@ -152,9 +148,8 @@ func (c *gatewayCollector) prune(snap *health.Snapshot) map[resolver.HostPort]li
 			c.gone[hp] = now
 			continue
 		}
-		if now.Sub(since) >= seriesRetention && c.src.Forwarder.Forget(hp) {
+		if now.Sub(since) >= seriesRetention {
 			c.dials.forget(hp)
-			delete(counters, hp)
 			delete(c.gone, hp)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ type metricsFixture struct {
 	fwd     *listener.Forwarder
 	srv     *Server
 	base    string
+	now     atomic.Int64 // the fake clock of retention, in Unix nanoseconds
 }
 
 func newMetricsFixture(t *testing.T) *metricsFixture {
@@ -38,7 +40,9 @@ func newMetricsFixture(t *testing.T) *metricsFixture {
 		defer wg.Done()
 		m.Serve(ctx)
 	}()
-	f.fwd = listener.NewForwarder(func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
+	f.now.Store(time.Now().UnixNano())
+	clock := func() time.Time { return time.Unix(0, f.now.Load()) }
+	f.fwd = listener.NewForwarder(listener.ForwarderConfig{Dial: func(ctx context.Context) (*net.TCPConn, resolver.Endpoint, *health.Load, error) {
 		ep := f.table.Load().Available()[0]
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", ep.Addr())
@@ -46,12 +50,13 @@ func newMetricsFixture(t *testing.T) *metricsFixture {
 			return nil, ep, nil, err
 		}
 		return c.(*net.TCPConn), ep, nil, nil
-	}, nil, zap.NewNop())
+	}, Known: func(hp resolver.HostPort) bool { return f.table.Load().Knows(hp) }, Now: clock, Log: zap.NewNop()})
 	ln, err := Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.srv = New(ln, Sources{Table: f.table, Forwarder: f.fwd, StaticSource: "endpoints"}, NewDialMetrics(), zap.NewNop())
+	f.srv.gateway.now = clock
 	base, stop := serve(t, f.srv)
 	f.base = base
 	t.Cleanup(func() {
@@ -167,17 +172,15 @@ func TestMetricsOnePerAddressAndPruned(t *testing.T) {
 		t.Errorf("connections before and after the weight change are not counted together:\n%s", body)
 	}
 
-	now := time.Now()
-	f.srv.gateway.now = func() time.Time { return now }
 	f.publish(t, epB)
 	if body := f.scrape(t); series(body, "etcd_gateway_endpoint_connections_total"+name) != 1 {
 		t.Fatal("the series of an address that has just left the set are gone already")
 	}
-	now = now.Add(seriesRetention - time.Second)
+	f.now.Add(int64(seriesRetention - time.Second))
 	if body := f.scrape(t); series(body, "etcd_gateway_endpoint_connections_total"+name) != 1 {
 		t.Fatal("the series of an address are gone before the retention")
 	}
-	now = now.Add(2 * time.Second)
+	f.now.Add(int64(2 * time.Second))
 	body = f.scrape(t)
 	for _, metric := range []string{"etcd_gateway_endpoint_connections_total", "etcd_gateway_endpoint_dial_duration_seconds_count", "etcd_gateway_endpoint_bytes_total"} {
 		if strings.Contains(body, metric+`{endpoint="`+epA.HostPort().String()) || strings.Contains(body, metric+name) {

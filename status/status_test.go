@@ -55,7 +55,7 @@ func TestServerBeforeAnyEndpointAndAfterARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	fwd := listener.NewForwarder(nil, nil, zap.NewNop())
+	fwd := listener.NewForwarder(listener.ForwarderConfig{Log: zap.NewNop()})
 	defer fwd.Shutdown(time.Second, nil)
 	s := New(ln, Sources{Table: health.NewTable(), Forwarder: fwd, StaticSource: "endpoints"}, NewDialMetrics(), zap.NewNop())
 

@@ -96,7 +96,8 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 			return nil, &BindError{Addr: cfg.MetricsAddr, Err: err}
 		}
 	}
-	fwd := listener.NewForwarder(dial.Dial, activity, log)
+	known := func(hp resolver.HostPort) bool { return table.Load().Knows(hp) }
+	fwd := listener.NewForwarder(listener.ForwarderConfig{Dial: dial.Dial, Clients: activity, Known: known, Log: log})
 
 	hook := EventHook(log)
 	tree := suture.New("gateway", suture.Spec{EventHook: hook})
