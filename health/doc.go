@@ -1,6 +1,6 @@
 // Package health owns endpoint health. The Manager service is the single writer of the Table,
-// which holds an immutable Snapshot that the data path reads without locks, and the last probe
-// of every endpoint. The Manager folds together the latest endpoint set from the resolver
+// which holds an immutable View: the Snapshot that the data path reads without locks, and the
+// last probe of every endpoint, consistent with it. The Manager folds together the latest endpoint set from the resolver
 // (one entry per address), the evidence of failed dials reported by the dialer, and the
 // verdicts of one Prober per endpoint, which probes etcd's /readyz over a new connection
 // (falling back to /health and TCP) and sends liveness heartbeats between probes while

@@ -1,9 +1,9 @@
 package health
 
 import (
+	"maps"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -169,15 +169,36 @@ func (s *Snapshot) Next() uint32 { return s.cursor.Add(1) }
 // Changed is closed when a newer Snapshot replaces this one.
 func (s *Snapshot) Changed() <-chan struct{} { return s.changed }
 
-// Table holds the current Snapshot, the last probe of every endpoint and the Load of every
-// address. Its readers are on any goroutine; its only writer is the Manager. Last probes are
-// kept apart from the Snapshot: a probe that changes no state must not wake everyone waiting
-// for a change.
+// Table holds the current View (the Snapshot and the last probe of every endpoint) and the
+// Load of every address. Its readers are on any goroutine; its only writer is the Manager. A
+// probe that changes no state makes a new View around the same Snapshot, so that it wakes only
+// those waiting for probes (Probed), not everyone waiting for a change.
 type Table struct {
-	cur    atomic.Pointer[Snapshot]
+	cur    atomic.Pointer[View]
 	loads  map[resolver.HostPort]*Load // written by the Manager only, which hands them to snapshots
-	probes sync.Map                    // resolver.HostPort → *Probe
 	probed wakeup                      // fired when a probe is recorded
+}
+
+// View is one consistent reading of the Table: a Snapshot and the last probes as they were
+// together. It is immutable.
+type View struct {
+	snap   *Snapshot
+	probes map[resolver.HostPort]Probe // the last probe of each address; never written once published
+}
+
+// Snapshot returns the view's Snapshot.
+func (v *View) Snapshot() *Snapshot { return v.snap }
+
+// LastProbe returns the latest probe of the endpoint at ep's address, and false before its
+// first one.
+func (v *View) LastProbe(ep resolver.Endpoint) (Probe, bool) {
+	p, ok := v.probes[ep.HostPort()]
+	return p, ok
+}
+
+// Scheme returns what the member at ep serves, as far as the view knows: see schemeOf.
+func (v *View) Scheme(ep resolver.Endpoint) member.Scheme {
+	return schemeOf(ep, v.probes[ep.HostPort()].Scheme)
 }
 
 // Probe is the outcome of one probe of an endpoint.
@@ -207,19 +228,10 @@ func Outcome(st State, noNews member.Fault) string {
 
 // LastProbe returns the latest probe of the endpoint at ep's address, and false before its
 // first one.
-func (t *Table) LastProbe(ep resolver.Endpoint) (Probe, bool) {
-	v, ok := t.probes.Load(ep.HostPort())
-	if !ok {
-		return Probe{}, false
-	}
-	return *v.(*Probe), true
-}
+func (t *Table) LastProbe(ep resolver.Endpoint) (Probe, bool) { return t.View().LastProbe(ep) }
 
 // Scheme returns what the member at ep serves, as far as the gateway knows: see schemeOf.
-func (t *Table) Scheme(ep resolver.Endpoint) member.Scheme {
-	p, _ := t.LastProbe(ep)
-	return schemeOf(ep, p.Scheme)
-}
+func (t *Table) Scheme(ep resolver.Endpoint) member.Scheme { return t.View().Scheme(ep) }
 
 // schemeOf is what the member at ep serves when its probes found found: TLS for a member from
 // _etcd-client-ssl, which is never taken for plain; what the probes found otherwise (unknown
@@ -234,12 +246,25 @@ func schemeOf(ep resolver.Endpoint, found member.Scheme) member.Scheme {
 // Probed returns a channel closed when the next probe of any endpoint is recorded.
 func (t *Table) Probed() <-chan struct{} { return t.probed.wait() }
 
+// recordProbe makes p the last probe of hp, in a new View around the same Snapshot.
 func (t *Table) recordProbe(hp resolver.HostPort, p Probe) {
-	t.probes.Store(hp, &p)
+	old := t.cur.Load()
+	probes := maps.Clone(old.probes)
+	probes[hp] = p
+	t.cur.Store(&View{snap: old.snap, probes: probes})
 	t.probed.fire()
 }
 
-func (t *Table) forgetProbes(hp resolver.HostPort) { t.probes.Delete(hp) }
+// forgetProbes drops the last probe of hp, which has left the set.
+func (t *Table) forgetProbes(hp resolver.HostPort) {
+	old := t.cur.Load()
+	if _, ok := old.probes[hp]; !ok {
+		return
+	}
+	probes := maps.Clone(old.probes)
+	delete(probes, hp)
+	t.cur.Store(&View{snap: old.snap, probes: probes})
+}
 
 // loadOf returns the Load of hp, creating it. The Manager alone calls it.
 func (t *Table) loadOf(hp resolver.HostPort) *Load {
@@ -262,15 +287,20 @@ func (t *Table) forgetLoad(hp resolver.HostPort) {
 // NewTable returns a Table holding an empty Snapshot.
 func NewTable() *Table {
 	t := &Table{loads: make(map[resolver.HostPort]*Load)}
-	t.cur.Store(NewSnapshot(nil, nil, nil))
+	t.cur.Store(&View{snap: NewSnapshot(nil, nil, nil), probes: map[resolver.HostPort]Probe{}})
 	return t
 }
 
 // Load returns the current Snapshot.
-func (t *Table) Load() *Snapshot { return t.cur.Load() }
+func (t *Table) Load() *Snapshot { return t.cur.Load().snap }
 
-// store replaces the current Snapshot and wakes everyone waiting on the old one.
+// View returns the current View: the Snapshot and the last probes, consistent with each other.
+func (t *Table) View() *View { return t.cur.Load() }
+
+// store replaces the current Snapshot, keeping the last probes, and wakes everyone waiting on
+// the old one.
 func (t *Table) store(s *Snapshot) {
-	old := t.cur.Swap(s)
-	close(old.changed)
+	old := t.cur.Load()
+	t.cur.Store(&View{snap: s, probes: old.probes})
+	close(old.snap.changed)
 }

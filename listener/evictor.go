@@ -49,7 +49,9 @@ func (e *Evictor) Serve(ctx context.Context) error {
 	worseSince := map[resolver.HostPort]time.Time{} // evictable endpoints not evicted yet
 	evicted := map[resolver.HostPort]bool{}         // evicted, and evictable since
 	for {
-		cur, probed := e.table.Load(), e.table.Probed()
+		probed := e.table.Probed() // before the view: a probe recorded after it wakes this loop
+		view := e.table.View()
+		cur := view.Snapshot()
 		for _, ep := range cur.Known() {
 			hp := ep.HostPort()
 			if !evictable(cur, ep) {
@@ -63,7 +65,7 @@ func (e *Evictor) Serve(ctx context.Context) error {
 			}
 		}
 		for hp, since := range worseSince {
-			ep, better, ok := e.provenBetter(cur, hp, since)
+			ep, better, ok := provenBetter(view, hp, since)
 			if !ok {
 				continue
 			}
@@ -93,7 +95,8 @@ func evictable(snap *health.Snapshot, ep resolver.Endpoint) bool {
 
 // provenBetter returns the endpoint at hp, and another endpoint in a better state whose last
 // probe began at or after since and found it so; ok is false when there is none.
-func (e *Evictor) provenBetter(snap *health.Snapshot, hp resolver.HostPort, since time.Time) (ep, better resolver.Endpoint, ok bool) {
+func provenBetter(view *health.View, hp resolver.HostPort, since time.Time) (ep, better resolver.Endpoint, ok bool) {
+	snap := view.Snapshot()
 	for _, k := range snap.Known() {
 		if k.HostPort() == hp {
 			ep = k
@@ -108,7 +111,7 @@ func (e *Evictor) provenBetter(snap *health.Snapshot, hp resolver.HostPort, sinc
 		if st <= state {
 			continue
 		}
-		if p, probed := e.table.LastProbe(other); probed && !p.At.Before(since) && p.Result > state {
+		if p, probed := view.LastProbe(other); probed && !p.At.Before(since) && p.Result > state {
 			return ep, other, true
 		}
 	}

@@ -218,7 +218,8 @@ type ProbeJSON struct {
 }
 
 func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
-	snap := s.src.Table.Load()
+	view := s.src.Table.View()
+	snap := view.Snapshot()
 	counters := s.src.Forwarder.Counters()
 	draining := s.draining.Load()
 	rep := Report{Version: version.Version(), Ready: snap.HealthyCount() > 0 && !draining, Draining: draining,
@@ -246,8 +247,8 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 				er.Source, er.MemberName, er.MemberID = "member-list", mb.Name, fmt.Sprintf("%x", mb.ID)
 			}
 		}
-		er.Scheme = s.src.Table.Scheme(ep).String()
-		if p, ok := s.src.Table.LastProbe(ep); ok {
+		er.Scheme = view.Scheme(ep).String()
+		if p, ok := view.LastProbe(ep); ok {
 			er.LastProbe = &ProbeJSON{At: p.At.UTC(), Result: p.Outcome(), Reason: p.Reason}
 			er.Note = p.Note
 		}
