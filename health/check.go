@@ -53,8 +53,9 @@ type checker struct {
 	secure  *http.Client     // dials with HandshakeMember
 	now     func() time.Time // the clock that judges whether a timeout was seen late
 
-	mu       sync.Mutex // guards mismatch, written by the concurrent requests of one probe
-	mismatch error      // the certificate's names match neither the endpoint's host nor its target
+	drains   sync.WaitGroup // the background reads after failed handshakes
+	mu       sync.Mutex     // guards mismatch, written by the concurrent requests of one probe
+	mismatch error          // the certificate's names match neither the endpoint's host nor its target
 }
 
 func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg member.Policy) *checker {
@@ -78,10 +79,11 @@ func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tls
 	return c
 }
 
-// close releases idle probe connections.
+// close releases idle probe connections, and waits for what failed handshakes still read.
 func (c *checker) close() {
 	c.plain.CloseIdleConnections()
 	c.secure.CloseIdleConnections()
+	c.drains.Wait()
 }
 
 // dialTLS connects to the member and handshakes as HandshakeMember does.
@@ -90,7 +92,7 @@ func (c *checker) dialTLS(ctx context.Context, network, addr string) (net.Conn, 
 	if err != nil {
 		return nil, err
 	}
-	h := member.HandshakeTLS(ctx, raw, c.tls)
+	h := member.HandshakeTLS(ctx, raw, c.tls, &c.drains)
 	if h.Conn == nil {
 		return nil, h.Failure()
 	}
@@ -102,7 +104,7 @@ func (c *checker) dialTLS(ctx context.Context, network, addr string) (net.Conn, 
 
 // handshake is the heartbeats' TLS handshake over raw.
 func (c *checker) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) {
-	h := member.HandshakeTLS(ctx, raw, c.tls)
+	h := member.HandshakeTLS(ctx, raw, c.tls, &c.drains)
 	if h.Conn == nil {
 		return nil, h.Failure()
 	}
@@ -192,7 +194,7 @@ func (c *checker) detect(ctx context.Context) (verdict, bool) {
 	if err != nil {
 		return c.dialVerdict(err, deadline), false
 	}
-	h := member.HandshakeTLS(ctx, raw, c.tls)
+	h := member.HandshakeTLS(ctx, raw, c.tls, &c.drains)
 	if h.Conn != nil {
 		h.Conn.Close()
 	}

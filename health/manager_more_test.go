@@ -46,6 +46,17 @@ func (f *managerFixture) waitFirstProbe(t *testing.T, ep resolver.Endpoint) {
 	}
 }
 
+// waitProbes waits until n more probes of ep have been recorded.
+func (f *managerFixture) waitProbes(t *testing.T, ep resolver.Endpoint, n int) {
+	t.Helper()
+	for i := range n {
+		last, _ := f.table.LastProbe(ep)
+		if !testnet.Eventually(defaultTestTimeout, func() bool { p, ok := f.table.LastProbe(ep); return ok && p.At.After(last.At) }) {
+			t.Fatalf("%s was probed only %d more times, want %d", ep, i, n)
+		}
+	}
+}
+
 func (f *managerFixture) state(ep resolver.Endpoint) State {
 	st, _ := f.table.Load().State(ep)
 	return st

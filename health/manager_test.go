@@ -133,7 +133,7 @@ func TestManagerFailedEndpointComesBackThroughItsProber(t *testing.T) {
 		f.reports <- Report{Endpoint: down, Evidence: DialRefused, State: Down, Reason: "connection refused"}
 	}
 	f.waitAvailable(t, other)
-	time.Sleep(3 * retryDelay) // probes fail while nothing listens
+	f.waitProbes(t, down, 3) // probes fail while nothing listens
 	if got := f.table.Load().Available(); !slices.Equal(got, []resolver.Endpoint{other}) {
 		t.Fatalf("available = %v while %s is still closed", got, down)
 	}
@@ -172,7 +172,7 @@ func TestManagerRestartKeepsState(t *testing.T) {
 	stop()
 
 	f.run(t)
-	time.Sleep(50 * time.Millisecond)
+	f.waitProbes(t, down, 1) // the restarted run probes it, and it stays down
 	if got := f.table.Load().Available(); !slices.Equal(got, []resolver.Endpoint{other}) {
 		t.Fatalf("after restart available = %v, want only %v", got, other)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -138,9 +139,12 @@ var alpnWithNewline = "etcd-gateway\n"
 
 // HandshakeTLS runs a TLS handshake with a member over raw, which it owns from now on, and
 // says what the member is. It never sends anything but TLS handshake messages, and it ends
-// every failed attempt with a FIN after reading what the member sent, so that the member logs
-// at most a clean EOF, which etcd logs at DEBUG.
-func HandshakeTLS(ctx context.Context, raw net.Conn, cfg TLS) Handshake {
+// every failed attempt with a FIN after reading what the member sent (for up to drainWindow),
+// so that the member logs at most a clean EOF, which etcd 3.5 and later log at DEBUG. With
+// drains, that reading goes on in the background, counted in drains, so that the verdict does
+// not wait for it: the caller waits for drains before it is done. Without, HandshakeTLS reads
+// before it returns.
+func HandshakeTLS(ctx context.Context, raw net.Conn, cfg TLS, drains *sync.WaitGroup) Handshake {
 	conn := &quietConn{Conn: raw}
 	conn.handshaking.Store(true)
 	var h Handshake
@@ -194,7 +198,14 @@ func HandshakeTLS(ctx context.Context, raw net.Conn, cfg TLS) Handshake {
 		raw.Close() // everything the member sent was read
 		return h
 	}
-	go func() { // in the background, so that the verdict does not wait for the member
+	if drains == nil {
+		conn.drain()
+		raw.Close()
+		return h
+	}
+	drains.Add(1)
+	go func() {
+		defer drains.Done()
 		conn.drain()
 		raw.Close()
 	}()

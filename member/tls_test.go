@@ -19,7 +19,7 @@ func handshakeWith(t *testing.T, addr string, cfg TLS) Handshake {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := HandshakeTLS(ctx, raw, cfg)
+	h := HandshakeTLS(ctx, raw, cfg, nil)
 	if h.Conn != nil {
 		h.Conn.Close()
 	}
@@ -155,7 +155,7 @@ func TestSilenceIsNotPlain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := HandshakeTLS(ctx, raw, TLS{}); h.Scheme != SchemeUnknown {
+	if h := HandshakeTLS(ctx, raw, TLS{}, nil); h.Scheme != SchemeUnknown {
 		t.Fatalf("silence gave scheme %s; want unknown", h.Scheme)
 	}
 }

@@ -49,7 +49,7 @@ func Verify(ctx context.Context, addr string, cfg TLS, timeout time.Duration) er
 	if err != nil {
 		return &errTransient{err}
 	}
-	h := HandshakeTLS(ctx, raw, cfg)
+	h := HandshakeTLS(ctx, raw, cfg, nil)
 	if h.Conn != nil {
 		h.Conn.Close()
 	}

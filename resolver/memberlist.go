@@ -321,7 +321,7 @@ func fetchMemberList(ctx context.Context, dial func(context.Context, string, str
 			if err != nil {
 				return nil, err
 			}
-			h := member.HandshakeTLS(ctx, raw, tlsCfg)
+			h := member.HandshakeTLS(ctx, raw, tlsCfg, nil)
 			if err := h.Failure(); err != nil {
 				return nil, err
 			}
@@ -469,7 +469,7 @@ func (m *MemberList) answers(ctx context.Context, a clientAddr) bool {
 		conn.Close()
 		return true
 	}
-	h := member.HandshakeTLS(ctx, conn, a.ep.MemberTLS(m.cfg.Trust))
+	h := member.HandshakeTLS(ctx, conn, a.ep.MemberTLS(m.cfg.Trust), nil)
 	if h.Conn != nil {
 		h.Conn.Close()
 	}

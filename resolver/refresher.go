@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/etcd-gateway/etcd-gateway/internal/clock"
 	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
@@ -45,6 +46,7 @@ type Refresher struct {
 	out               *Updates
 	log               *zap.Logger
 	counts            *LookupCounts
+	clock             clock.Clock // the timers between lookups
 }
 
 var _ suture.Service = (*Refresher)(nil)
@@ -80,7 +82,7 @@ func NewRefresher(cfg SRVConfig, trust member.Policy, fallback []Endpoint, guard
 		return nil, err
 	}
 	secure, plain := SRVNames(cfg.Domain, cfg.ServiceName)
-	return &Refresher{cfg: cfg, fallback: Normalize(fallback), guard: guard, dns: client, trust: trust, counts: &LookupCounts{},
+	return &Refresher{cfg: cfg, fallback: Normalize(fallback), guard: guard, dns: client, trust: trust, counts: &LookupCounts{}, clock: clock.Real{},
 		secureName: secure, plain: plain, out: out,
 		log: log.Named("resolver").With(zap.String("srv_domain", cfg.Domain))}, nil
 }
@@ -104,11 +106,11 @@ func (r *Refresher) Serve(ctx context.Context) error {
 			wait = jitter(backoff)
 			backoff = min(2*backoff, r.cfg.MaxRefresh)
 		}
-		t := time.NewTimer(wait)
+		fired, stop := r.clock.After(wait)
 		select {
-		case <-t.C:
+		case <-fired:
 		case <-ctx.Done():
-			t.Stop()
+			stop()
 			return ctx.Err()
 		}
 	}

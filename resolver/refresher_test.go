@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"slices"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/etcd-gateway/etcd-gateway/internal/clock"
 	"github.com/etcd-gateway/etcd-gateway/internal/dnstest"
 	"github.com/etcd-gateway/etcd-gateway/internal/testcert"
 	"github.com/etcd-gateway/etcd-gateway/internal/testnet"
@@ -24,6 +26,8 @@ const defaultTestTimeout = 10 * time.Second
 
 type refresherFixture struct {
 	dns     *dnstest.Server
+	refresh *Refresher
+	clock   *clock.Fake // nil on the real clock
 	updates *Updates
 	logs    *observer.ObservedLogs
 	cancel  context.CancelFunc
@@ -46,16 +50,34 @@ func startRefresher(t *testing.T, s *dnstest.Server, cfg SRVConfig, fallback ...
 // (the system roots when nil).
 func startTrustingRefresher(t *testing.T, s *dnstest.Server, cfg SRVConfig, roots *x509.CertPool, fallback ...Endpoint) *refresherFixture {
 	t.Helper()
+	return runRefresher(t, s, cfg, roots, nil, fallback...)
+}
+
+// startClockedRefresher is startRefresher whose waits between lookups pass only when the test
+// advances fake.
+func startClockedRefresher(t *testing.T, s *dnstest.Server, cfg SRVConfig, fake *clock.Fake, fallback ...Endpoint) *refresherFixture {
+	t.Helper()
+	return runRefresher(t, s, cfg, nil, fake, fallback...)
+}
+
+// runRefresher runs a Refresher of cfg verifying against roots, on fake's timers unless it is
+// nil, until the test ends.
+func runRefresher(t *testing.T, s *dnstest.Server, cfg SRVConfig, roots *x509.CertPool, fake *clock.Fake, fallback ...Endpoint) *refresherFixture {
+	t.Helper()
 	guard, err := NewLoopGuard(context.Background(), "127.0.0.1:23790")
 	if err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.DebugLevel)
-	f := &refresherFixture{dns: s, updates: NewUpdates(), logs: logs, done: make(chan error, 1)}
+	f := &refresherFixture{dns: s, clock: fake, updates: NewUpdates(), logs: logs, done: make(chan error, 1)}
 	r, err := NewRefresher(cfg, member.Policy{Roots: roots, Domain: cfg.Domain, InsecureDiscovery: cfg.Insecure}, fallback, guard, f.updates, zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
+	if fake != nil {
+		r.clock = fake
+	}
+	f.refresh = r
 	var ctx context.Context
 	ctx, f.cancel = context.WithCancel(context.Background())
 	go func() { f.done <- r.Serve(ctx) }()
@@ -82,6 +104,35 @@ func (f *refresherFixture) waitSet(t *testing.T, want []Endpoint) time.Duration 
 			got, _ := f.updates.Latest()
 			t.Fatalf("published set = %v, want %v", got, want)
 		}
+	}
+}
+
+// waitIdle waits until the refresher, on the fake clock, is done with its lookup and waits for
+// the next, and returns how long that wait is.
+func (f *refresherFixture) waitIdle(t *testing.T) time.Duration {
+	t.Helper()
+	left, ok := f.clock.WaitTimer(defaultTestTimeout)
+	if !ok {
+		t.Fatal("the refresher never waited for its next lookup")
+	}
+	return left
+}
+
+// tick lets the refresher's wait pass once it waits, so that it looks up again.
+func (f *refresherFixture) tick(t *testing.T) {
+	t.Helper()
+	f.clock.Advance(f.waitIdle(t))
+}
+
+// tickUntil ticks until cond holds, for at most defaultTestTimeout.
+func (f *refresherFixture) tickUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(defaultTestTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never %s", what)
+		}
+		f.tick(t)
 	}
 }
 
@@ -133,22 +184,33 @@ func TestRefresherHonoursTTL(t *testing.T) {
 	s := dnstest.Start(t)
 	s.SetZone(plainZone(300, "127.0.0.11")...)
 	cfg := testSRVConfig(t, s)
-	f := startRefresher(t, s, cfg)
+	fake := clock.NewFake(time.Unix(0, 0))
+	f := startClockedRefresher(t, s, cfg, fake)
 	f.waitSet(t, plainSet("127.0.0.11"))
-	time.Sleep(time.Second)
+	if wait := f.waitIdle(t); wait != cfg.MaxRefresh {
+		t.Errorf("after a 300s TTL the refresher waits %s, want --discovery-srv-max-refresh=%s", wait, cfg.MaxRefresh)
+	}
+	fake.Advance(cfg.MaxRefresh - time.Second)
+	f.waitIdle(t)
 	if n := s.Queries("_etcd-client._tcp.example.com.", dns.TypeSRV); n != 1 {
-		t.Errorf("queried %d times within 1s of a 300s TTL, want 1", n)
+		t.Errorf("queried %d times within %s of a 300s TTL, want 1", n, cfg.MaxRefresh-time.Second)
 	}
 
 	s2 := dnstest.Start(t)
 	s2.SetZone(plainZone(300, "127.0.0.11")...)
 	cfg2 := testSRVConfig(t, s2)
 	cfg2.MaxRefresh = 200 * time.Millisecond
-	f2 := startRefresher(t, s2, cfg2)
+	f2 := startClockedRefresher(t, s2, cfg2, clock.NewFake(time.Unix(0, 0)))
 	f2.waitSet(t, plainSet("127.0.0.11"))
-	time.Sleep(time.Second)
-	if n := s2.Queries("_etcd-client._tcp.example.com.", dns.TypeSRV); n < 3 {
-		t.Errorf("queried %d times in 1s with --discovery-srv-max-refresh=200ms, want several", n)
+	for range 3 {
+		if wait := f2.waitIdle(t); wait != cfg2.MaxRefresh {
+			t.Errorf("with --discovery-srv-max-refresh=200ms the refresher waits %s", wait)
+		}
+		f2.tick(t)
+	}
+	f2.waitIdle(t)
+	if n := s2.Queries("_etcd-client._tcp.example.com.", dns.TypeSRV); n != 4 {
+		t.Errorf("queried %d times over three waits of --discovery-srv-max-refresh=200ms, want 4", n)
 	}
 }
 
@@ -160,7 +222,7 @@ func TestRefresherKeepsLastGoodSetThroughFailures(t *testing.T) {
 	s.SetZone(plainZone(1, "127.0.0.11", "127.0.0.12")...)
 	cfg := testSRVConfig(t, s)
 	cfg.MaxRefresh = 300 * time.Millisecond
-	f := startRefresher(t, s, cfg)
+	f := startClockedRefresher(t, s, cfg, clock.NewFake(time.Unix(0, 0)))
 	good := plainSet("127.0.0.11", "127.0.0.12")
 	f.waitSet(t, good)
 
@@ -181,14 +243,12 @@ func TestRefresherKeepsLastGoodSetThroughFailures(t *testing.T) {
 	for i := range outages {
 		warnBefore := f.logs.FilterMessage("SRV discovery failed; keeping the last good endpoint set and retrying").Len()
 		outages[i]()
-		deadline := time.Now().Add(defaultTestTimeout)
-		for f.logs.FilterMessage("SRV discovery failed; keeping the last good endpoint set and retrying").Len() == warnBefore {
-			if time.Now().After(deadline) {
-				t.Fatalf("outage %d: no warning", i)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		time.Sleep(time.Second) // several failed retries later
+		f.tickUntil(t, fmt.Sprintf("warned of outage %d", i), func() bool {
+			return f.logs.FilterMessage("SRV discovery failed; keeping the last good endpoint set and retrying").Len() > warnBefore
+		})
+		f.tick(t) // two failed retries later
+		f.tick(t)
+		f.waitIdle(t)
 		if got, _ := f.updates.Latest(); !slices.Equal(got, good) {
 			t.Fatalf("outage %d: published %v, want the last good set kept", i, got)
 		}
@@ -197,8 +257,11 @@ func TestRefresherKeepsLastGoodSetThroughFailures(t *testing.T) {
 		}
 		recoveries[i]()
 		s.SetZone(plainZone(1, "127.0.0.11", "127.0.0.1"+strconv.Itoa(3+i))...)
-		f.waitSet(t, plainSet("127.0.0.11", "127.0.0.1"+strconv.Itoa(3+i)))
 		good = plainSet("127.0.0.11", "127.0.0.1"+strconv.Itoa(3+i))
+		f.tickUntil(t, fmt.Sprintf("recovered from outage %d", i), func() bool {
+			got, _ := f.updates.Latest()
+			return slices.Equal(got, good)
+		})
 	}
 	if n := f.logs.FilterMessage("SRV discovery recovered").Len(); n != len(outages) {
 		t.Errorf("%d recovery lines for %d outages", n, len(outages))
@@ -219,8 +282,11 @@ func TestRefresherFallback(t *testing.T) {
 
 	s2 := dnstest.Start(t)
 	s2.SetMode(dnstest.ServFail)
-	f2 := startRefresher(t, s2, testSRVConfig(t, s2))
-	time.Sleep(500 * time.Millisecond)
+	f2 := startClockedRefresher(t, s2, testSRVConfig(t, s2), clock.NewFake(time.Unix(0, 0)))
+	for range 3 {
+		f2.tick(t)
+	}
+	f2.waitIdle(t)
 	if got, ok := f2.updates.Latest(); ok {
 		t.Fatalf("published %v without discovery or explicit endpoints", got)
 	}
@@ -290,7 +356,11 @@ func TestTLSVerification(t *testing.T) {
 				want = Normalize([]Endpoint{member, plain})
 			}
 			f.waitSet(t, want)
-			time.Sleep(1500 * time.Millisecond) // a refresh later, the verdict and its log stand
+			done, _ := f.refresh.Lookups()
+			if !testnet.Eventually(defaultTestTimeout, func() bool { n, _ := f.refresh.Lookups(); return n >= done+2 }) {
+				t.Fatal("the refresher did not look up again")
+			}
+			// A refresh later, the verdict and its log stand.
 			if got, _ := f.updates.Latest(); !slices.Equal(got, want) {
 				t.Fatalf("published %v, want %v", got, want)
 			}
