@@ -50,7 +50,7 @@ type checker struct {
 	scheme  member.Scheme // what the member serves; a member from _etcd-client-ssl stays TLS
 	note    string        // what the last probe found worth saying, though no fault
 	plain   *http.Client
-	secure  *http.Client     // dials with HandshakeMember
+	secure  *http.Client     // dials with member.HandshakeTLS
 	now     func() time.Time // the clock that judges whether a timeout was seen late
 
 	drains   sync.WaitGroup // the background reads after failed handshakes
@@ -86,7 +86,7 @@ func (c *checker) close() {
 	c.drains.Wait()
 }
 
-// dialTLS connects to the member and handshakes as HandshakeMember does.
+// dialTLS connects to the member and handshakes with member.HandshakeTLS.
 func (c *checker) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
 	raw, err := c.dialer.DialContext(ctx, network, addr)
 	if err != nil {

@@ -74,8 +74,8 @@ func (r Reports) Offer(rep Report) {
 }
 
 // Reprobe asks the Manager to probe every endpoint at once; the dialer uses it when no
-// endpoint is healthy. Its capacity of one coalesces requests, and the Manager probes each
-// member at most reprobeRate times a second however often it is asked.
+// endpoint is healthy. Its capacity of one coalesces requests, and the Manager asks each
+// member's prober at most once every reprobeGap (250 ms) however often it is asked.
 type Reprobe chan struct{}
 
 // NewReprobe returns a Reprobe channel.

@@ -13,8 +13,10 @@ import (
 	"github.com/etcd-gateway/etcd-gateway/member"
 )
 
-// Endpoint is one etcd member's client address. It is a comparable value type: two endpoints
-// are the same member exactly when they are ==. Priority and Weight follow RFC 2782; a plain
+// Endpoint is one etcd member's client address, with what its source said of it. It is a
+// comparable value type, but a member is identified by its address alone (HostPort): the same
+// address under new SRV weights, or under both SRV names, is the same member, and every table
+// of the gateway is keyed by HostPort. Priority and Weight follow RFC 2782; a plain
 // `--endpoints` entry has both 0. An endpoint found through SRV records also carries the
 // record's Target name, and TLS when it came from an `_etcd-client-ssl` record.
 type Endpoint struct {

@@ -1,7 +1,9 @@
 // Package status serves the operator's view of a running gateway on --metrics-addr: Prometheus
 // metrics on /metrics, /healthz (the process is alive), /readyz (at least one endpoint is
-// healthy) and /status (every endpoint, as JSON). It reads the gateway's state when asked and
-// keeps none of its own apart from the dial metrics the dialer reports to it.
+// healthy, and not draining) and /status (every endpoint, as JSON). It reads the gateway's
+// state when asked (the health Table's View, the Forwarder's counters, the source's lookups,
+// the member list, the rebalancer) and owns only the dial metrics (DialMetrics), which the
+// dialer writes, and their retention.
 package status
 
 import (
