@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -49,8 +48,7 @@ type checker struct {
 	tls     member.TLS
 	scheme  member.Scheme // what the member serves; a member from _etcd-client-ssl stays TLS
 	note    string        // what the last probe found worth saying, though no fault
-	plain   *http.Client
-	secure  *http.Client     // dials with member.HandshakeTLS
+	client  *member.Client
 	now     func() time.Time // the clock that judges whether a timeout was seen late
 
 	drains   sync.WaitGroup // the background reads after failed handshakes
@@ -62,54 +60,21 @@ func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tls
 	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}, now: time.Now,
 		tls: ep.MemberTLS(tlsCfg)}
 	c.scheme = schemeOf(ep, member.SchemeUnknown)
-	// Every probe is a new connection, as a new client's would be: a member that serves the
-	// connections it has but accepts no new one (out of descriptors, a full accept queue)
-	// must not look healthy. Heartbeats keep their connection: they ask whether the process
-	// answers at all.
-	c.plain = &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DialContext:        c.dialer.DialContext,
-		DisableKeepAlives:  true,
-		DisableCompression: true,
-	}}
-	c.secure = &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DialTLSContext:     c.dialTLS,
-		DisableKeepAlives:  true,
-		DisableCompression: true,
-	}}
+	// Every probe is a new connection (Client.Do), as a new client's would be: a member that
+	// serves the connections it has but accepts no new one (out of descriptors, a full accept
+	// queue) must not look healthy. Heartbeats keep their connection: they ask whether the
+	// process answers at all.
+	c.client = &member.Client{Addr: ep.Addr(), TLS: c.tls, Dial: c.dialer.DialContext, Drains: &c.drains,
+		Handshaken: func(h member.Handshake) {
+			c.mu.Lock()
+			c.mismatch = h.NameMismatch
+			c.mu.Unlock()
+		}}
 	return c
 }
 
-// close releases idle probe connections, and waits for what failed handshakes still read.
-func (c *checker) close() {
-	c.plain.CloseIdleConnections()
-	c.secure.CloseIdleConnections()
-	c.drains.Wait()
-}
-
-// dialTLS connects to the member and handshakes with member.HandshakeTLS.
-func (c *checker) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
-	raw, err := c.dialer.DialContext(ctx, network, addr)
-	if err != nil {
-		return nil, err
-	}
-	h := member.HandshakeTLS(ctx, raw, c.tls, &c.drains)
-	if h.Conn == nil {
-		return nil, h.Failure()
-	}
-	c.mu.Lock()
-	c.mismatch = h.NameMismatch
-	c.mu.Unlock()
-	return h.Conn, nil
-}
-
-// handshake is the heartbeats' TLS handshake over raw.
-func (c *checker) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) {
-	h := member.HandshakeTLS(ctx, raw, c.tls, &c.drains)
-	if h.Conn == nil {
-		return nil, h.Failure()
-	}
-	return h.Conn, nil
-}
+// close waits for what failed handshakes still read.
+func (c *checker) close() { c.drains.Wait() }
 
 // canHeartbeat reports whether heartbeats can reach the member: its scheme is known and, over
 // TLS, a handshake completes.
@@ -328,7 +293,7 @@ func (c *checker) checkHTTP(ctx context.Context) (verdict, httpOutcome) {
 // request. The member's own status says. A member that does not answer is not judged a learner:
 // /health has just said it serves.
 func (c *checker) isLearner(ctx context.Context) bool {
-	a := c.do(ctx, http.MethodPost, "/v3/maintenance/status", "{}")
+	a := c.do(ctx, http.MethodPost, "/v3/maintenance/status", []byte("{}"))
 	var st struct {
 		IsLearner bool `json:"isLearner"`
 	}
@@ -342,32 +307,18 @@ type probeAnswer struct {
 	err    error
 }
 
+// answerLimit bounds what a probe reads of an answer's body.
+const answerLimit = 4096
+
 // get does one GET of path on the member, over TLS when it speaks TLS.
 func (c *checker) get(ctx context.Context, path string) probeAnswer {
-	return c.do(ctx, http.MethodGet, path, "")
+	return c.do(ctx, http.MethodGet, path, nil)
 }
 
 // do sends one request with body to path on the member, over TLS when it speaks TLS.
-func (c *checker) do(ctx context.Context, method, path, body string) probeAnswer {
-	client := c.plain
-	if c.scheme == member.SchemeTLS {
-		client = c.secure
-	}
-	var content io.Reader
-	if body != "" {
-		content = strings.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.scheme.String()+"://"+c.ep.Addr()+path, content)
-	if err != nil {
-		return probeAnswer{err: err}
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return probeAnswer{err: err}
-	}
-	defer resp.Body.Close()
-	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	return probeAnswer{status: resp.StatusCode, body: answer}
+func (c *checker) do(ctx context.Context, method, path string, body []byte) probeAnswer {
+	a, err := c.client.Do(ctx, c.scheme, method, path, body, answerLimit)
+	return probeAnswer{status: a.Status, body: a.Body, err: err}
 }
 
 // failedChecks condenses an unhealthy answer: the "[-]" lines of /readyz, or /health's JSON.

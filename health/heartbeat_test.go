@@ -19,24 +19,34 @@ import (
 // Heartbeats reuse one kept-alive connection, and replace it when the member closes it.
 func TestHeartbeaterKeepsOneConnection(t *testing.T) {
 	ep := fakeMember(t, map[string]http.HandlerFunc{"/version": answer(200, `{"etcdserver":"3.6.16","etcdcluster":"3.6.0"}`)}, nil)
-	hb := newHeartbeater(ep.Addr())
+	var dialed []net.Conn
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		if err == nil {
+			dialed = append(dialed, c)
+		}
+		return c, err
+	}
+	hb := newHeartbeater(&member.Client{Addr: ep.Addr(), Dial: dial}, time.Now)
+	hb.speak(member.SchemePlain)
 	defer hb.close()
-	var first string
 	for i := range 20 {
 		if err := hb.beat(context.Background(), time.Second); err != nil {
 			t.Fatalf("beat %d: %v", i, err)
 		}
-		if i == 0 {
-			first = hb.conn.LocalAddr().String()
-		} else if hb.conn == nil || hb.conn.LocalAddr().String() != first {
-			t.Fatalf("beat %d used another connection", i)
+		if len(dialed) != 1 {
+			t.Fatalf("beat %d made connection %d", i, len(dialed))
 		}
 	}
 
 	// The member closes the idle connection: the next beat reconnects within its timeout.
-	hb.conn.(*net.TCPConn).CloseRead()
+	dialed[0].(*net.TCPConn).CloseRead()
 	if err := hb.beat(context.Background(), time.Second); err != nil {
 		t.Fatalf("beat after the connection was closed: %v", err)
+	}
+	if len(dialed) != 2 {
+		t.Errorf("the beat after the close made %d connections in all, want 2", len(dialed))
 	}
 }
 
@@ -50,19 +60,19 @@ func TestHeartbeaterVerdicts(t *testing.T) {
 	tests := []struct {
 		name    string
 		addr    string
-		secure  bool
+		scheme  member.Scheme
 		wantErr string
 	}{
-		{"TLS member", tlsMember.Addr(), true, ""},
-		{"not HTTP but alive", notHTTP.Addr(), false, ""},
-		{"silent", silent.Addr(), false, "no answer to heartbeats"},
-		{"refused", testnet.ClosedPort(t), false, "heartbeat"},
+		{"TLS member", tlsMember.Addr(), member.SchemeTLS, ""},
+		{"not HTTP but alive", notHTTP.Addr(), member.SchemePlain, ""},
+		{"silent", silent.Addr(), member.SchemePlain, "no answer to heartbeats"},
+		{"refused", testnet.ClosedPort(t), member.SchemePlain, "heartbeat"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			hb := newHeartbeater(tt.addr)
-			chk := newChecker(resolver.Endpoint{Host: "127.0.0.1"}, CheckReadyz, time.Second, member.Policy{Roots: ca.Pool()})
-			hb.speak(tt.secure, chk.handshake)
+			trust := resolver.Endpoint{Host: "127.0.0.1"}.MemberTLS(member.Policy{Roots: ca.Pool()})
+			hb := newHeartbeater(&member.Client{Addr: tt.addr, TLS: trust}, time.Now)
+			hb.speak(tt.scheme)
 			defer hb.close()
 			err := hb.beat(context.Background(), 200*time.Millisecond)
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {

@@ -64,14 +64,15 @@ func TestProbeTimeoutSeenLateIsNotCounted(t *testing.T) {
 // A heartbeat that times out counts as a miss only when the gateway saw the timeout in time.
 func TestHeartbeatTimeoutSeenLateIsNotCounted(t *testing.T) {
 	ep := silentMember(t)
-	onTime := newHeartbeater(ep.Addr())
+	onTime := newHeartbeater(&member.Client{Addr: ep.Addr()}, time.Now)
+	onTime.speak(member.SchemePlain)
 	defer onTime.close()
 	if err := onTime.beat(context.Background(), 100*time.Millisecond); err == nil || isLate(err) {
 		t.Fatalf("a silent member seen in time: %v, want a miss", err)
 	}
-	late := newHeartbeater(ep.Addr())
+	late := newHeartbeater(&member.Client{Addr: ep.Addr()}, lateClock())
+	late.speak(member.SchemePlain)
 	defer late.close()
-	late.now = lateClock()
 	if err := late.beat(context.Background(), 100*time.Millisecond); !isLate(err) {
 		t.Fatalf("a heartbeat timeout seen a second late: %v, want it not counted", err)
 	}

@@ -83,11 +83,7 @@ func (p *Prober) Serve(ctx context.Context) error {
 	chk.now = p.now
 	defer chk.close()
 	chk.scheme = p.table.Scheme(p.ep) // found before this prober's restart, if it was
-	hb := newHeartbeater(p.ep.Addr())
-	hb.now = p.now
-	if p.dialHeartbeat != nil {
-		hb.dialer = p.dialHeartbeat
-	}
+	hb := newHeartbeater(&member.Client{Addr: p.ep.Addr(), TLS: chk.tls, Dial: p.dialHeartbeat, Drains: &chk.drains}, p.now)
 	defer hb.close()
 	late := 0
 	for {
@@ -109,7 +105,7 @@ func (p *Prober) Serve(ctx context.Context) error {
 			continue
 		}
 		late = 0
-		hb.speak(chk.scheme == member.SchemeTLS, chk.handshake)
+		hb.speak(chk.scheme)
 		if err := p.wait(ctx, hb, chk.canHeartbeat(), began); err != nil {
 			return err
 		}

@@ -217,9 +217,9 @@ func TestTLSHeartbeatsKeepOneConnection(t *testing.T) {
 	m, addr := serveMember(t, "127.0.0.1:0", readyzOK, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, []string{"example.com"}, nil)}})
 	c := newChecker(listed(t, addr), CheckReadyz, time.Second, member.Policy{})
 	defer c.close()
-	hb := newHeartbeater(addr)
+	hb := newHeartbeater(&member.Client{Addr: addr, TLS: c.tls, Drains: &c.drains}, time.Now)
 	defer hb.close()
-	hb.speak(true, c.handshake)
+	hb.speak(member.SchemeTLS)
 	for i := range 20 {
 		if err := hb.beat(context.Background(), time.Second); err != nil {
 			t.Fatalf("beat %d: %v", i, err)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -309,55 +308,37 @@ type ListedMember struct {
 	Learner    bool
 }
 
+// memberListLimit bounds what is read of a member list: thousands of members.
+const memberListLimit = 1 << 20
+
 // fetchMemberList does POST /v3/cluster/member/list on ep: the JSON gateway every etcd since
 // 3.4 serves on its client port.
 func fetchMemberList(ctx context.Context, dial func(context.Context, string, string) (net.Conn, error), ep Endpoint, scheme member.Scheme, tlsCfg member.TLS, timeout time.Duration) (memberList, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	transport := &http.Transport{DialContext: dial, DisableKeepAlives: true}
-	if scheme == member.SchemeTLS {
-		transport.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			raw, err := dial(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			h := member.HandshakeTLS(ctx, raw, tlsCfg, nil)
-			if err := h.Failure(); err != nil {
-				return nil, err
-			}
-			return h.Conn, nil
-		}
-	}
-	defer transport.CloseIdleConnections()
-	client := &http.Client{Transport: transport}
+	client := &member.Client{Addr: ep.Addr(), TLS: tlsCfg, Dial: dial}
 	for _, body := range []string{`{"linearizable":true}`, `{}`} { // etcd 3.4 knows no linearizable
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, scheme.String()+"://"+ep.Addr()+"/v3/cluster/member/list", strings.NewReader(body))
+		resp, err := client.Do(ctx, scheme, http.MethodPost, "/v3/cluster/member/list", []byte(body), memberListLimit)
 		if err != nil {
 			return memberList{}, err
 		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
-		if err != nil {
-			return memberList{}, err
-		}
-		text, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		resp.Body.Close()
+		text := resp.Body
 		switch {
-		case resp.StatusCode == http.StatusOK:
+		case resp.Status == http.StatusOK:
 			var list memberList
 			if err := json.Unmarshal(text, &list); err != nil {
 				return memberList{}, fmt.Errorf("the member list is not JSON: %v", err)
 			}
 			return list, nil
-		case resp.StatusCode == http.StatusNotFound:
+		case resp.Status == http.StatusNotFound:
 			return memberList{}, errNoJSONGateway
-		case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden ||
+		case resp.Status == http.StatusUnauthorized || resp.Status == http.StatusForbidden ||
 			bytes.Contains(text, []byte("user name is empty")) || bytes.Contains(text, []byte("permission denied")):
 			return memberList{}, errAuth
-		case resp.StatusCode == http.StatusBadRequest && body != `{}`:
+		case resp.Status == http.StatusBadRequest && body != `{}`:
 			continue
 		}
-		return memberList{}, fmt.Errorf("POST /v3/cluster/member/list answered %d: %s", resp.StatusCode, bytes.TrimSpace(text))
+		return memberList{}, fmt.Errorf("POST /v3/cluster/member/list answered %d: %s", resp.Status, bytes.TrimSpace(text))
 	}
 	return memberList{}, errors.New("unreachable")
 }
