@@ -315,7 +315,7 @@ func (r *run) recordProbe(rep Report) {
 	if scheme != prev.Scheme {
 		r.m.log.Info("member scheme found", zap.Stringer("endpoint", rep.Endpoint), zap.Stringer("scheme", scheme),
 			zap.Stringer("was", prev.Scheme))
-		if scheme == member.SchemeTLS && !rep.Endpoint.TLS && r.m.probe.TLS.Roots == nil && !r.m.unverifiedLogged {
+		if scheme == member.SchemeTLS && !rep.Endpoint.TLS && !r.m.probe.TLS.VerifiesListed() && !r.m.unverifiedLogged {
 			r.m.unverifiedLogged = true
 			r.m.log.Info("listed members that serve TLS are probed without verifying their certificates; clients still verify end to end; give --trusted-ca-file to verify them too")
 		}
