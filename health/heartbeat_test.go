@@ -19,14 +19,11 @@ import (
 // Heartbeats reuse one kept-alive connection, and replace it when the member closes it.
 func TestHeartbeaterKeepsOneConnection(t *testing.T) {
 	ep := fakeMember(t, map[string]http.HandlerFunc{"/version": answer(200, `{"etcdserver":"3.6.16","etcdcluster":"3.6.0"}`)}, nil)
-	var dialed []net.Conn
+	dialed := 0
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialed++
 		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		if err == nil {
-			dialed = append(dialed, c)
-		}
-		return c, err
+		return d.DialContext(ctx, network, addr)
 	}
 	hb := newHeartbeater(&member.Client{Addr: ep.Addr(), Dial: dial}, time.Now)
 	hb.speak(member.SchemePlain)
@@ -35,18 +32,38 @@ func TestHeartbeaterKeepsOneConnection(t *testing.T) {
 		if err := hb.beat(context.Background(), time.Second); err != nil {
 			t.Fatalf("beat %d: %v", i, err)
 		}
-		if len(dialed) != 1 {
-			t.Fatalf("beat %d made connection %d", i, len(dialed))
+		if dialed != 1 {
+			t.Fatalf("beat %d made connection %d", i, dialed)
 		}
 	}
+}
 
-	// The member closes the idle connection: the next beat reconnects within its timeout.
-	dialed[0].(*net.TCPConn).CloseRead()
-	if err := hb.beat(context.Background(), time.Second); err != nil {
-		t.Fatalf("beat after the connection was closed: %v", err)
+// A member that closes the kept-alive connection after an answer costs no heartbeat: the
+// next beat finds it closed and reconnects within its timeout.
+func TestHeartbeaterReconnectsWhenTheMemberCloses(t *testing.T) {
+	oneAnswer := testnet.Serve(t, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(defaultTestTimeout))
+		buf := make([]byte, 512)
+		if _, err := c.Read(buf); err == nil {
+			c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
+		}
+	}) // then the connection is closed
+	dialed := 0
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialed++
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
 	}
-	if len(dialed) != 2 {
-		t.Errorf("the beat after the close made %d connections in all, want 2", len(dialed))
+	hb := newHeartbeater(&member.Client{Addr: oneAnswer.Addr(), Dial: dial}, time.Now)
+	hb.speak(member.SchemePlain)
+	defer hb.close()
+	for i := range 3 {
+		if err := hb.beat(context.Background(), time.Second); err != nil {
+			t.Fatalf("beat %d on a member that closes after each answer: %v", i, err)
+		}
+	}
+	if dialed != 3 {
+		t.Errorf("3 beats made %d connections, want 3: one each, none failing", dialed)
 	}
 }
 
