@@ -206,10 +206,10 @@ const (
 
 // quietness is the rebalancer's record of one connection's traffic, kept by sampling the byte
 // counters the data path keeps anyway: no work per message. Between two samples the order of
-// the bytes is unknown, so a connection is quiet only when the last sample that saw its
-// counters change saw bytes to the client alone (an answer, a watch event) or with no more
-// from the client than the control frames that acknowledge them, and no byte has moved since
-// for the quiet time: a request sent and not yet answered is in flight.
+// the bytes is unknown, so a connection is quiet only when the last sample that saw more than
+// control frames saw them go to the client (an answer, a watch event), with no more from the
+// client than the control frames that acknowledge them, and no byte has moved since for the
+// quiet time: a request sent and not yet answered is in flight.
 type quietness struct {
 	sampled   bool
 	up, down  int64     // the counters at the last sample
@@ -224,11 +224,18 @@ func (q *quietness) sample(now time.Time, up, down, control int64) {
 		q.sampled, q.up, q.down, q.changedAt = true, up, down, now
 		return // what came before is unknown: not quiet until it moves
 	}
-	movedUp, movedDown := up != q.up, down != q.down
-	if movedUp || movedDown {
-		q.changedAt, q.toClient = now, movedDown && up-q.up <= control
-		q.up, q.down = up, down
+	if up == q.up && down == q.down {
+		return
 	}
+	switch {
+	case up-q.up > control:
+		q.toClient = false // a request
+	case down-q.down > control:
+		q.toClient = true // an answer or an event, with the client's control frames at most
+	}
+	// Control frames alone both ways (a PING a member sends before a slow answer, keepalives)
+	// say nothing about a request in flight: whether one is stays as it was.
+	q.changedAt, q.up, q.down = now, up, down
 }
 
 // quiet reports whether the connection is quiet at now for quietFor.

@@ -299,26 +299,41 @@ func TestQuietness(t *testing.T) {
 	if q.quiet(at.Add(quietFor-time.Millisecond), quietFor) || !q.quiet(at.Add(quietFor), quietFor) {
 		t.Fatal("bytes to the client then silence for the quiet time: not judged quiet")
 	}
-	step(time.Second, 120, 150) // a request, not yet answered
+	step(time.Second, 140, 150) // a request, not yet answered
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a request in flight is quiet")
 	}
-	step(time.Second, 160, 200) // a request and bytes to the client in one sample: the order is unknown
+	step(time.Second, 180, 200) // a request and bytes to the client in one sample: the order is unknown
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a sample that saw bytes both ways counts as quiet")
 	}
-	step(time.Second, 160+controlFrameBytes, 300) // a watch event, its WINDOW_UPDATE and PING, the PING's answer
+	step(time.Second, 180+controlFrameBytes, 300) // a watch event, its WINDOW_UPDATE and PING, the PING's answer
 	if !q.quiet(at.Add(quietFor), quietFor) {
 		t.Fatal("bytes to the client with the client's control frames are not quiet")
 	}
-	step(time.Second, 160+2*controlFrameBytes+1, 340) // one byte more than control frames: a request
+	step(time.Second, 180+2*controlFrameBytes+1, 340) // one byte more than control frames: a request
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a request sent along with bytes to the client counts as quiet")
 	}
-	step(time.Second, 160+2*controlFrameBytes+1, 400) // the answer
-	step(time.Second, 160+2*controlFrameBytes+1, 400) // nothing moved: the last change stands
+	step(time.Second, 180+2*controlFrameBytes+1, 400) // the answer
+	step(time.Second, 180+2*controlFrameBytes+1, 400) // nothing moved: the last change stands
 	if !q.quiet(at.Add(time.Second), quietFor) {
 		t.Fatal("a connection whose last change went to the client is not quiet after the quiet time")
+	}
+	// A slow request: the member acknowledges it with a PING (gRPC's BDP estimate) and answers
+	// seconds later. Control frames both ways say nothing about the request in flight.
+	step(time.Second, 300, 400)    // a request
+	step(time.Second, 300+17, 417) // the member's PING and the client's answer to it
+	if q.quiet(at.Add(time.Hour), quietFor) {
+		t.Fatal("a request in flight is quiet once the member sent a PING before its answer")
+	}
+	step(time.Second, 300+17, 500) // the answer
+	if !q.quiet(at.Add(quietFor), quietFor) {
+		t.Fatal("the answer to a slow request, then silence for the quiet time: not judged quiet")
+	}
+	step(time.Second, 300+34, 517) // a keepalive PING each way: still quiet since the answer
+	if !q.quiet(at.Add(quietFor), quietFor) {
+		t.Fatal("keepalive PINGs after an answer made the connection busy")
 	}
 }
 

@@ -65,6 +65,10 @@ func slowEcho(c *net.TCPConn) {
 	}
 }
 
+// lateHello is answered late, with more bytes to the client than control frames: after it a
+// connection is quiet.
+const lateHello = "late hello, answered with more bytes than an HTTP/2 client's control frames"
+
 // roundTripped writes msg on c and reads it back.
 func roundTripped(c net.Conn, msg string) error {
 	if _, err := c.Write([]byte(msg)); err != nil {
@@ -177,7 +181,7 @@ func TestRebalancerMovesOnlyQuietConnections(t *testing.T) {
 				c.Close()
 				return
 			}
-			if roundTripped(c, "late hello") != nil {
+			if roundTripped(c, lateHello) != nil {
 				c.Close()
 				return
 			}
