@@ -2,7 +2,7 @@
 GO ?= go
 export CGO_ENABLED ?= 0
 
-.PHONY: build test unit fuzz e2e soak demo etcd etcd-3.4 lint clean haproxy bench bench-faults
+.PHONY: build test unit fuzz e2e soak demo etcd etcd-3.4 lint clean haproxy bench bench-faults bench-idle profile-idle
 
 # What `etcd-gateway version` prints: the nearest tag (else the commit), and the commit.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
@@ -90,5 +90,19 @@ bench: build etcd haproxy
 bench-faults: build etcd haproxy
 	cd bench && $(GO) run ./run -suite faults -gateway ../bin/etcd-gateway -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy)
 
+## bench-idle: what etcd-gateway, etcd's gateway and HAProxy cost the host and the members while
+## idle, side by side (about 14 minutes; PHASE=60s per phase, LONG=10m for the last RSS reading);
+## BASELINE=path/to/an/earlier/etcd-gateway adds that build
+PHASE ?= 60s
+LONG ?= 10m
+bench-idle: build etcd haproxy
+	cd bench && $(GO) run ./run -suite idle -gateway ../bin/etcd-gateway -baseline "$(BASELINE)" -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy) -phase $(PHASE) -long $(LONG)
+
+## profile-idle: CPU and allocation profiles of an idle etcd-gateway for PHASE, plain and TLS
+## members, into profiles/
+profile-idle: etcd
+	$(GO) build -tags profile -o bin/etcd-gateway-profile ./cmd/etcd-gateway
+	cd bench && $(GO) run ./run -suite idle-profile -gateway ../bin/etcd-gateway-profile -etcd ../e2e/bin/etcd -profiles ../profiles -phase $(PHASE)
+
 clean:
-	rm -rf bin e2e/bin
+	rm -rf bin e2e/bin profiles

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/http"
 	"os"
@@ -69,9 +71,27 @@ type cluster struct {
 	etcd    string
 	dir     string
 	members []*member
+	tls     *memberCerts // nil: the members serve plain clients
 }
 
-func startCluster(etcd string) (*cluster, error) {
+// memberCerts are the files of members that serve clients over TLS.
+type memberCerts struct {
+	ca, cert, key string
+}
+
+// scheme is the scheme of the members' client URLs.
+func (m *memberCerts) scheme() string {
+	if m == nil {
+		return "http"
+	}
+	return "https"
+}
+
+func startCluster(etcd string) (*cluster, error) { return startClusterWith(etcd, nil) }
+
+// startClusterWith starts a cluster whose members serve clients over TLS with certs, or plain
+// when certs is nil.
+func startClusterWith(etcd string, certs *memberCerts) (*cluster, error) {
 	base := "/dev/shm"
 	if _, err := os.Stat(base); err != nil {
 		base = os.TempDir()
@@ -80,7 +100,7 @@ func startCluster(etcd string) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &cluster{etcd: etcd, dir: dir}
+	c := &cluster{etcd: etcd, dir: dir, tls: certs}
 	var peers []string
 	peerURLs := map[string]string{}
 	for i := range 3 {
@@ -91,10 +111,13 @@ func startCluster(etcd string) (*cluster, error) {
 	}
 	for _, m := range c.members {
 		m.args = []string{"--name", m.name, "--data-dir", filepath.Join(dir, m.name),
-			"--listen-client-urls", "http://" + m.client, "--advertise-client-urls", "http://" + m.client,
+			"--listen-client-urls", certs.scheme() + "://" + m.client, "--advertise-client-urls", certs.scheme() + "://" + m.client,
 			"--listen-peer-urls", peerURLs[m.name], "--initial-advertise-peer-urls", peerURLs[m.name],
 			"--initial-cluster", strings.Join(peers, ","), "--initial-cluster-state", "new",
 			"--initial-cluster-token", filepath.Base(dir), "--unsafe-no-fsync", "--log-level", "error"}
+		if certs != nil {
+			m.args = append(m.args, "--cert-file", certs.cert, "--key-file", certs.key)
+		}
 		if err := m.restart(etcd); err != nil {
 			c.stop()
 			return nil, err
@@ -110,6 +133,13 @@ func startCluster(etcd string) (*cluster, error) {
 // waitReady waits until every member answers GET /readyz with 200 and returns when the first did.
 func (c *cluster) waitReady(within time.Duration) (first time.Time, ok bool) {
 	probe := &http.Client{Timeout: 200 * time.Millisecond}
+	if c.tls != nil {
+		pool := x509.NewCertPool()
+		if pem, err := os.ReadFile(c.tls.ca); err == nil {
+			pool.AppendCertsFromPEM(pem)
+		}
+		probe.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	}
 	deadline := time.Now().Add(within)
 	ready := map[string]bool{}
 	for time.Now().Before(deadline) {
@@ -117,7 +147,7 @@ func (c *cluster) waitReady(within time.Duration) (first time.Time, ok bool) {
 			if ready[m.name] {
 				continue
 			}
-			resp, err := probe.Get("http://" + m.client + "/readyz")
+			resp, err := probe.Get(c.tls.scheme() + "://" + m.client + "/readyz")
 			if err != nil {
 				continue
 			}

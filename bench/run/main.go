@@ -3,6 +3,8 @@
 //
 //   - faults: how each hides member faults from clients (see faults.go);
 //   - forward: speed and footprint of the forwarding itself (see forward.go);
+//   - idle: what each costs the host and the members while it forwards nothing (see idle.go);
+//   - idle-profile: where an idle etcd-gateway, built with -tags profile, spends its time;
 //   - echo: an internal helper, the echo servers of the forward suite in a process of their own.
 package main
 
@@ -26,16 +28,19 @@ import (
 )
 
 func main() {
-	suite := flag.String("suite", "faults", "faults, forward, or echo")
+	suite := flag.String("suite", "faults", "faults, forward, idle, idle-profile, or echo")
 	gateway := flag.String("gateway", "bin/etcd-gateway", "etcd-gateway binary")
 	etcd := flag.String("etcd", "e2e/bin/etcd", "etcd binary (also etcd's gateway)")
 	haproxy := flag.String("haproxy", "haproxy", "HAProxy binary")
 	parts := flag.String("parts", "raw,etcd", "forward: which workloads to run: raw forwarding, etcd, or both")
-	baseline := flag.String("baseline", "", "forward: an earlier etcd-gateway binary to measure in the same run")
+	baseline := flag.String("baseline", "", "forward, idle: an earlier etcd-gateway binary to measure in the same run")
 	window := flag.Duration("window", 12*time.Second, "faults: how long each fault lasts under load")
 	only := flag.String("only", "", "faults: run only the scenarios whose name contains this")
 	reps := flag.Int("reps", 3, "forward: repetitions of each measurement (the median is shown)")
 	listen := flag.String("listen", "", "echo: comma-separated addresses to serve")
+	profiles := flag.String("profiles", "profiles", "idle-profile: where the profiles are written")
+	phase := flag.Duration("phase", time.Minute, "idle: how long each phase is measured")
+	long := flag.Duration("long", 10*time.Minute, "idle: with TLS members, read the RSS again once each proxy has run this long; 0: do not")
 	flag.Parse()
 	work, err := os.MkdirTemp("", "etcd-gateway-bench")
 	if err != nil {
@@ -47,6 +52,10 @@ func main() {
 		runFaults(*gateway, *etcd, *haproxy, work, *window, *only)
 	case "forward":
 		runForward(*gateway, *baseline, *etcd, *haproxy, work, *parts, *reps)
+	case "idle":
+		runIdle(*gateway, *baseline, *etcd, *haproxy, work, *phase, *long)
+	case "idle-profile":
+		runIdleProfile(*gateway, *etcd, work, *profiles, *phase)
 	case "echo":
 		serveEcho(strings.Split(*listen, ","))
 	default:
@@ -86,19 +95,33 @@ func runFaults(gateway, etcd, haproxy, work string, window time.Duration, only s
 			results[si] = append(results[si], r)
 		}
 	}
-	fmt.Printf("\n| fault (%s under load, 4 workers, new connection + Get with 3 s timeout each; rolling restart: see its rows) |", window)
-	for _, px := range candidates {
-		fmt.Printf(" %s |", px.name)
+	names := make([]string, len(candidates))
+	for i, px := range candidates {
+		names[i] = px.name
+	}
+	rows := make([]string, len(scenarios))
+	for si, sc := range scenarios {
+		rows[si] = sc.name
+	}
+	printTable(fmt.Sprintf("fault (%s under load, 4 workers, new connection + Get with 3 s timeout each; rolling restart: see its rows)", window),
+		names, rows, func(row, col int) string { return results[row][col] })
+}
+
+// printTable prints a Markdown table: a row per name in rows, a column per name in columns.
+func printTable(title string, columns, rows []string, cell func(row, col int) string) {
+	fmt.Printf("\n| %s |", title)
+	for _, c := range columns {
+		fmt.Printf(" %s |", c)
 	}
 	fmt.Printf("\n|---|")
-	for range candidates {
+	for range columns {
 		fmt.Printf("---|")
 	}
 	fmt.Println()
-	for si, sc := range scenarios {
-		fmt.Printf("| %s |", sc.name)
-		for _, r := range results[si] {
-			fmt.Printf(" %s |", r)
+	for ri, r := range rows {
+		fmt.Printf("| %s |", r)
+		for ci := range columns {
+			fmt.Printf(" %s |", cell(ri, ci))
 		}
 		fmt.Println()
 	}

@@ -28,9 +28,21 @@ type CA struct {
 // NewCA returns a new self-signed CA.
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
-	key := newKey(t)
+	ca, err := GenerateCA(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// GenerateCA is NewCA for programs without a testing.TB (the benchmarks).
+func GenerateCA(name string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
+		SerialNumber:          serial(),
 		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
@@ -40,13 +52,13 @@ func NewCA(t testing.TB, name string) *CA {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return &CA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	return &CA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
 }
 
 // PEM is the CA certificate in PEM.
@@ -73,9 +85,21 @@ func (ca *CA) Issue(t testing.TB, dnsNames []string, ips []net.IP) tls.Certifica
 // IssuePEM is Issue in PEM form: the certificate and its key.
 func (ca *CA) IssuePEM(t testing.TB, dnsNames []string, ips []net.IP) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key := newKey(t)
+	certPEM, keyPEM, err := ca.GeneratePEM(dnsNames, ips)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certPEM, keyPEM
+}
+
+// GeneratePEM is IssuePEM for programs without a testing.TB (the benchmarks).
+func (ca *CA) GeneratePEM(dnsNames []string, ips []net.IP) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
+		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: "etcd-gateway test"},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
@@ -86,14 +110,14 @@ func (ca *CA) IssuePEM(t testing.TB, dnsNames []string, ips []net.IP) (certPEM, 
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 // WriteFiles writes the CA certificate and a certificate issued for dnsNames and ips into dir
@@ -112,18 +136,16 @@ func (ca *CA) WriteFiles(t testing.TB, dir, prefix string, dnsNames []string, ip
 	return caFile, certFile, keyFile
 }
 
+// serial is a random serial number; crypto/rand does not fail on Linux.
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	return n
+}
+
 func newKey(t testing.TB) *ecdsa.PrivateKey {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return key
-}
-
-func serial(t testing.TB) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
 }
