@@ -217,9 +217,14 @@ func (c *checker) checkTCP(ctx context.Context) verdict {
 	return judged(Healthy, "")
 }
 
-// checkHTTP does GET /readyz or /health and returns the verdict and whether it stands. With it
-// goes a liveness request (/livez, or /health?serializable=true), so that a member that is
-// alive but cannot serve a linearizable read in time (no leader) is degraded, not down.
+// errNotAsked is the liveness answer of a probe whose readiness request answered in time.
+var errNotAsked = errors.New("not asked")
+
+// checkHTTP does GET /readyz or /health and returns the verdict and whether it stands. When
+// that has no answer after half the timeout, a liveness request (/livez, or
+// /health?serializable=true) goes with it, so that a member that is alive but cannot serve a
+// linearizable read in time (no leader) is degraded, not down. A member that answers at once,
+// as a healthy one does, costs one connection per probe.
 func (c *checker) checkHTTP(ctx context.Context) (verdict, httpOutcome) {
 	path, live := "/readyz", "/livez"
 	if c.mode == CheckHealth {
@@ -229,13 +234,17 @@ func (c *checker) checkHTTP(ctx context.Context) (verdict, httpOutcome) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	liveness := make(chan probeAnswer, 1)
-	go func() { liveness <- c.get(ctx, live) }()
+	slow := time.AfterFunc(c.timeout/2, func() { liveness <- c.get(ctx, live) })
 	ready := c.get(ctx, path)
+	asked := !slow.Stop()
 	var hs *member.HandshakeError
 	if ready.err != nil && !errors.As(ready.err, &hs) {
 		cancel() // refused or timed out: the liveness request says nothing more; a handshake's end comes soon
 	}
-	alive := <-liveness
+	alive := probeAnswer{err: errNotAsked}
+	if asked {
+		alive = <-liveness
+	}
 
 	if err := ready.err; err != nil {
 		fault := c.fault(err, deadline)

@@ -184,6 +184,42 @@ func TestCheckAliveButNotReadyInTime(t *testing.T) {
 	}
 }
 
+// A member that answers /readyz at once, healthy or not, is asked nothing else: one
+// connection per probe. /livez is asked only when /readyz is slow (above).
+func TestCheckAsksLivenessOnlyWhenReadinessIsSlow(t *testing.T) {
+	var readyz, livez atomic.Int64
+	var ready atomic.Bool
+	ready.Store(true)
+	ep := fakeMember(t, map[string]http.HandlerFunc{
+		"/readyz": func(w http.ResponseWriter, r *http.Request) {
+			readyz.Add(1)
+			if ready.Load() {
+				answer(200, "ok\n")(w, r)
+				return
+			}
+			answer(503, "[-]linearizable_read failed: etcdserver: leader changed\n")(w, r)
+		},
+		"/livez": func(w http.ResponseWriter, r *http.Request) {
+			livez.Add(1)
+			answer(200, "ok\n")(w, r)
+		},
+	}, nil)
+	c := newChecker(ep, CheckReadyz, time.Second, member.Policy{})
+	defer c.close()
+	for range 3 {
+		if got, reason := judge(t, c); got != Healthy {
+			t.Fatalf("check = %s %q, want healthy", got, reason)
+		}
+	}
+	ready.Store(false)
+	if got, _ := judge(t, c); got != Degraded {
+		t.Fatalf("check = %s, want degraded by the 503", got)
+	}
+	if readyz.Load() != 4 || livez.Load() != 0 {
+		t.Fatalf("4 probes asked /readyz %d and /livez %d times, want 4 and 0", readyz.Load(), livez.Load())
+	}
+}
+
 // Heartbeats find a member that stops answering well within the probe interval.
 func TestHeartbeatsFindAFrozenMember(t *testing.T) {
 	var frozen atomic.Bool
