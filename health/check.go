@@ -51,10 +51,20 @@ type checker struct {
 	client  *member.Client
 	now     func() time.Time // the clock that judges whether a timeout was seen late
 
+	// sessions keeps the member's TLS session between probes: a probe resumes it, and a full
+	// handshake proves the member's chain and key again at least every fullHandshakeEvery and
+	// after any probe that did not find the member healthy.
+	sessions *member.SessionCache
+
 	drains   sync.WaitGroup // the background reads after failed handshakes
-	mu       sync.Mutex     // guards mismatch, written by the concurrent requests of one probe
+	mu       sync.Mutex     // guards mismatch and fullAt, written by the concurrent requests of one probe
 	mismatch error          // the certificate's names match neither the endpoint's host nor its target
+	fullAt   time.Time      // when a full handshake last proved the member's chain and key
 }
+
+// fullHandshakeEvery bounds how long probes resume a TLS session: a member's certificate
+// that was rotated or revoked, or its key lost, is seen by a full handshake within it.
+const fullHandshakeEvery = time.Minute
 
 func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg member.Policy) *checker {
 	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}, now: time.Now,
@@ -64,13 +74,26 @@ func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tls
 	// serves the connections it has but accepts no new one (out of descriptors, a full accept
 	// queue) must not look healthy. Heartbeats keep their connection: they ask whether the
 	// process answers at all.
-	c.client = &member.Client{Addr: ep.Addr(), TLS: c.tls, Dial: c.dialer.DialContext, Drains: &c.drains,
+	c.sessions = &member.SessionCache{}
+	resuming := c.tls
+	resuming.Sessions = c.sessions
+	c.client = &member.Client{Addr: ep.Addr(), TLS: resuming, Dial: c.dialer.DialContext, Drains: &c.drains,
 		Handshaken: func(h member.Handshake) {
+			if h.Resumed {
+				return // the names were judged when the session was made
+			}
 			c.mu.Lock()
-			c.mismatch = h.NameMismatch
+			c.mismatch, c.fullAt = h.NameMismatch, c.now()
 			c.mu.Unlock()
 		}}
 	return c
+}
+
+// staleSession reports whether the last full handshake is fullHandshakeEvery old.
+func (c *checker) staleSession() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now().Sub(c.fullAt) >= fullHandshakeEvery
 }
 
 // close waits for what failed handshakes still read.
@@ -107,6 +130,18 @@ func judged(st State, reason string) verdict { return verdict{state: st, reason:
 // asked with a TLS ClientHello: the gateway never sends plaintext to a TLS port unless the
 // member itself said it is plain.
 func (c *checker) check(ctx context.Context) verdict {
+	if c.staleSession() {
+		c.sessions.Forget()
+	}
+	v := c.probe(ctx)
+	if v.state != Healthy || v.noNews != 0 {
+		c.sessions.Forget() // after any failure, the next handshake proves the chain and key again
+	}
+	return v
+}
+
+// probe is check before the TLS session is kept or dropped.
+func (c *checker) probe(ctx context.Context) verdict {
 	c.note = ""
 	redetected := false
 	for c.mode != CheckTCP {

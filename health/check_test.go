@@ -152,6 +152,50 @@ func TestCheckTLSMemberWithClientCertificate(t *testing.T) {
 	}
 }
 
+// Probes of a TLS member resume its session, and a full handshake proves its chain and key
+// again every minute and after any probe that did not find it healthy: a certificate rotated
+// to one the gateway does not trust is seen within a minute.
+func TestCheckResumesTLSSessionsAndProvesTheKeyEveryMinute(t *testing.T) {
+	ca := testcert.NewCA(t, "cluster CA")
+	trusted := ca.Issue(t, []string{"example.com"}, nil)
+	untrusted := testcert.NewCA(t, "other").Issue(t, []string{"example.com"}, nil)
+	var served atomic.Pointer[tls.Certificate]
+	served.Store(&trusted)
+	resumed := make(chan bool, 16)
+	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": func(w http.ResponseWriter, r *http.Request) {
+		resumed <- r.TLS.DidResume
+		answer(200, "ok\n")(w, r)
+	}}, &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return served.Load(), nil }})
+	c := newChecker(ep, CheckReadyz, time.Second, member.Policy{Roots: ca.Pool(), Domain: "example.com"})
+	defer c.close()
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	c.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	probe := func(step string, want State, wantResumed bool) {
+		t.Helper()
+		got, reason := judge(t, c)
+		if got != want {
+			t.Fatalf("%s: %s %q, want %s", step, got, reason, want)
+		}
+		if want != Healthy {
+			return // no request was made
+		}
+		if r := <-resumed; r != wantResumed {
+			t.Fatalf("%s: resumed %v, want %v", step, r, wantResumed)
+		}
+	}
+	probe("the first probe", Healthy, false)
+	probe("the second", Healthy, true)
+	clock.Add(int64(fullHandshakeEvery - time.Second))
+	probe("59 s after the full handshake", Healthy, true)
+	served.Store(&untrusted)
+	clock.Add(int64(time.Second))
+	probe("a minute after the full handshake, the certificate rotated to an untrusted one", Down, false)
+	served.Store(&trusted)
+	probe("after a failure", Healthy, false)
+	probe("after a full handshake again", Healthy, true)
+}
+
 func TestParseCheckMode(t *testing.T) {
 	for _, s := range []string{"readyz", "health", "tcp"} {
 		if m, err := ParseCheckMode(s); err != nil || string(m) != s {

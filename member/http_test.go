@@ -131,6 +131,48 @@ func TestClientAgainstAnHTTPServer(t *testing.T) {
 	}
 }
 
+// With a SessionCache, requests resume the member's TLS session: no chain is sent and no key
+// proven, which the Handshake says; after Forget the next handshake is full again.
+func TestClientResumesTLSSessions(t *testing.T) {
+	ca := testcert.NewCA(t, "cluster CA")
+	ln := testnet.LocalListener(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, nil, []net.IP{net.IPv4(127, 0, 0, 1)})}}))
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	sessions := &SessionCache{}
+	var got []Handshake
+	c := &Client{Addr: ln.Addr().String(), TLS: TLS{Verify: true, Roots: ca.Pool(), Names: []string{"127.0.0.1"}, Sessions: sessions},
+		Handshaken: func(h Handshake) { got = append(got, h) }}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	request := func() Handshake {
+		t.Helper()
+		if a, err := c.Do(ctx, SchemeTLS, "GET", "/readyz", nil, 100); err != nil || a.Status != 200 {
+			t.Fatalf("GET /readyz = %d, %v", a.Status, err)
+		}
+		return got[len(got)-1]
+	}
+	if h := request(); h.Resumed || !h.Verified() {
+		t.Fatalf("first handshake %+v, want full and verified", h)
+	}
+	for range 2 {
+		if h := request(); !h.Resumed || h.KeyProven {
+			t.Fatalf("handshake %+v, want resumed, proving no key", h)
+		}
+	}
+	sessions.Forget()
+	if h := request(); h.Resumed || !h.Verified() {
+		t.Fatalf("handshake after Forget %+v, want full and verified", h)
+	}
+}
+
 // A request whose context is canceled ends at once, with the context's error; one whose
 // deadline passes ends with a timeout.
 func TestClientEndsWithItsContext(t *testing.T) {

@@ -49,7 +49,39 @@ type TLS struct {
 	StrictNames bool
 	// Certificates holds the client certificate for members that require one, or nothing.
 	Certificates []tls.Certificate
+	// Sessions, when not nil, keeps the member's TLS session so that the next handshake
+	// resumes it; nil makes every handshake full.
+	Sessions *SessionCache
 }
+
+// SessionCache keeps the TLS session of one member, so that the next connection to it resumes
+// that session: an abbreviated handshake in which the member signs nothing and the gateway
+// verifies no chain. A resumed session proves only that the member holds the session's
+// secret, which a handshake that proved its chain and key gave it. Forget drops the session,
+// so that the next handshake is full and proves them again. It is safe for concurrent use.
+type SessionCache struct {
+	mu    sync.Mutex
+	state *tls.ClientSessionState
+}
+
+var _ tls.ClientSessionCache = (*SessionCache)(nil)
+
+// Get returns the session kept, whatever the key: the cache holds one member's.
+func (s *SessionCache) Get(string) (*tls.ClientSessionState, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state, s.state != nil
+}
+
+// Put keeps cs; nil drops the session kept.
+func (s *SessionCache) Put(_ string, cs *tls.ClientSessionState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state = cs
+}
+
+// Forget drops the session kept: the next handshake is full.
+func (s *SessionCache) Forget() { s.Put("", nil) }
 
 // Handshake is the outcome of a TLS handshake attempt with a member.
 type Handshake struct {
@@ -64,8 +96,12 @@ type Handshake struct {
 	Scheme Scheme
 	// KeyProven says the member proved it holds the private key of its certificate: the
 	// handshake completed, or reached the member's request for a client certificate, which
-	// comes after its signature (TLS 1.2) or its Finished (TLS 1.3).
+	// comes after its signature (TLS 1.2) or its Finished (TLS 1.3). A resumed handshake
+	// proves no key.
 	KeyProven bool
+	// Resumed says the handshake resumed a session of TLS.Sessions: the chain was neither
+	// sent nor judged again.
+	Resumed bool
 	// NeedsClientCert says the member asked for a client certificate the gateway does not have;
 	// the gateway ended the handshake itself, so that the member saw a clean EOF.
 	NeedsClientCert bool
@@ -149,7 +185,7 @@ func HandshakeTLS(ctx context.Context, raw net.Conn, cfg TLS, drains *sync.WaitG
 	conn.handshaking.Store(true)
 	var h Handshake
 	var chainSeen, certAsked bool
-	tc := tls.Client(conn, &tls.Config{
+	config := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		CipherSuites: ecdheSuites,
 		// Classical curves only: a probe carries no secret worth a post-quantum key share,
@@ -161,6 +197,10 @@ func HandshakeTLS(ctx context.Context, raw net.Conn, cfg TLS, drains *sync.WaitG
 		// handshake: the verdict waits for the proof of the key.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
+			if cs.DidResume {
+				h.Resumed = true // judged when the session was made
+				return nil
+			}
 			chainSeen = true
 			if cfg.Verify {
 				h.Untrusted, h.NameMismatch = judgeChain(cs.PeerCertificates, cfg.Roots, cfg.Names, cfg.StrictNames)
@@ -175,7 +215,11 @@ func HandshakeTLS(ctx context.Context, raw net.Conn, cfg TLS, drains *sync.WaitG
 			}
 			return &cfg.Certificates[0], nil
 		},
-	})
+	}
+	if cfg.Sessions != nil {
+		config.ClientSessionCache = cfg.Sessions
+	}
+	tc := tls.Client(conn, config)
 	err := tc.HandshakeContext(ctx)
 	conn.handshaking.Store(false)
 	h.KeyProven = chainSeen && (err == nil || certAsked)
