@@ -89,11 +89,12 @@ func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tls
 	return c
 }
 
-// staleSession reports whether the last full handshake is fullHandshakeEvery old.
+// staleSession reports whether the last full handshake is fullHandshakeEvery old; false
+// before any.
 func (c *checker) staleSession() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.now().Sub(c.fullAt) >= fullHandshakeEvery
+	return !c.fullAt.IsZero() && c.now().Sub(c.fullAt) >= fullHandshakeEvery
 }
 
 // close waits for what failed handshakes still read.
