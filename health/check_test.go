@@ -281,10 +281,11 @@ func TestHeartbeatsFindAFrozenMember(t *testing.T) {
 	}
 	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": stall, "/livez": stall, "/version": stall}, nil)
 	out := NewReports(4)
-	activity := NewActivity()
-	activity.AddClients(1) // heartbeats protect connected clients
-	p := newTestProber(ep, activity, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
+	p := newTestProber(ep, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
 		Rise: 1, Fall: 1, Heartbeat: 50 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond})
+	load := p.table.Load().LoadOf(ep)
+	load.Start() // heartbeats protect the member's clients that talk to it
+	defer chatter(load)()
 	runProber(t, p)
 	if rep := <-out; rep.Evidence != Probed || rep.State != Healthy {
 		t.Fatalf("first report %+v, want a healthy probe", rep)
@@ -310,12 +311,39 @@ func TestHeartbeatsFindAFrozenMember(t *testing.T) {
 	}
 }
 
-// newTestProber returns a Prober of ep, alone in a Table that holds it healthy, reporting to
-// out.
-func newTestProber(ep resolver.Endpoint, activity *Activity, out Reports, cfg ProbeConfig) *Prober {
+// chatter is a client that talks to the member of load: it notes bytes sent every 10 ms
+// until stop is called.
+func chatter(load *Load) (stop func()) {
+	done := make(chan struct{})
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			load.Sent()
+			select {
+			case <-tick.C:
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-ended
+	}
+}
+
+// elsewhere is a member beside the probed one in the Tables of newTestProber.
+var elsewhere = resolver.Endpoint{Host: "elsewhere.example.com", Port: 2379}
+
+// newTestProber returns a Prober of ep, in a Table that holds it and elsewhere healthy,
+// reporting to out.
+func newTestProber(ep resolver.Endpoint, out Reports, cfg ProbeConfig) *Prober {
 	table := NewTable()
-	table.store(NewSnapshot([]resolver.Endpoint{ep}, []State{Healthy}, nil))
-	return &Prober{ep: ep, table: table, activity: activity, out: out, log: zap.NewNop(), cfg: cfg,
+	table.store(NewSnapshot([]resolver.Endpoint{ep, elsewhere}, []State{Healthy, Healthy}, nil))
+	return &Prober{ep: ep, table: table, out: out, log: zap.NewNop(), cfg: cfg,
 		probeNow: make(chan struct{}), now: time.Now}
 }
 
@@ -333,9 +361,10 @@ func runProber(t *testing.T, p *Prober) {
 	})
 }
 
-// With no connection forwarded there is no client to protect: probes go on, heartbeats pause,
-// and they resume as soon as a connection is forwarded.
-func TestHeartbeatsOnlyWhileClientsAreConnected(t *testing.T) {
+// With no client talking to the member there is no client of it to protect: probes go on,
+// heartbeats pause (a client of another member does not resume them, nor does a silent one
+// after the linger), and they resume as soon as a client of the member sends it bytes.
+func TestHeartbeatsOnlyWhileTheMemberHasClients(t *testing.T) {
 	var probes, beats atomic.Int64
 	count := func(n *atomic.Int64) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -344,9 +373,8 @@ func TestHeartbeatsOnlyWhileClientsAreConnected(t *testing.T) {
 		}
 	}
 	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": count(&probes), "/livez": answer(200, "ok\n"), "/version": count(&beats)}, nil)
-	activity := NewActivity()
 	out := make(Reports, 64)
-	p := newTestProber(ep, activity, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
+	p := newTestProber(ep, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
 		Rise: 1, Fall: 1, Heartbeat: 10 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond})
 	runProber(t, p)
 	<-out                                         // the first probe
@@ -355,21 +383,40 @@ func TestHeartbeatsOnlyWhileClientsAreConnected(t *testing.T) {
 	if n := beats.Load(); n != 0 {
 		t.Fatalf("%d heartbeats with no client connected, want none", n)
 	}
-	activity.AddClients(1)
+	other := p.table.Load().LoadOf(elsewhere)
+	other.Start()
+	other.Sent()
+	idle = time.NewTimer(300 * time.Millisecond)
+	<-idle.C
+	if n := beats.Load(); n != 0 {
+		t.Fatalf("%d heartbeats with a client of another member only, want none", n)
+	}
+	load := p.table.Load().LoadOf(ep)
+	load.Start()
+	stop := chatter(load)
 	if !testnet.Eventually(defaultTestTimeout, func() bool { return beats.Load() >= 3 }) {
 		t.Fatalf("%d heartbeats after a client connected, want them to resume", beats.Load())
 	}
 	if n := probes.Load(); n != 1 {
 		t.Fatalf("%d probes at a 1h interval, want only the first one: heartbeats resumed by themselves, not after a probe", n)
 	}
-	activity.AddClients(-1)
-	// The wait in progress may still beat once; then they stop.
-	if !testnet.Eventually(defaultTestTimeout, func() bool {
+	stop() // the client goes silent, still connected (an idle watch)
+	stopped := func() bool {
 		before := beats.Load()
 		settle := time.NewTimer(100 * time.Millisecond)
 		<-settle.C
 		return beats.Load() == before
-	}) {
+	}
+	if !testnet.Eventually(defaultTestTimeout, stopped) {
+		t.Fatal("heartbeats go on while the member's only client is silent")
+	}
+	before := beats.Load()
+	load.Sent() // a request
+	if !testnet.Eventually(defaultTestTimeout, func() bool { return beats.Load() >= before+3 }) {
+		t.Fatal("a silent client's request did not resume the heartbeats")
+	}
+	load.Done()
+	if !testnet.Eventually(defaultTestTimeout, stopped) { // after the linger, or at once
 		t.Fatal("heartbeats go on after the last client left")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,5 +97,59 @@ func TestHeartbeaterVerdicts(t *testing.T) {
 				t.Fatalf("beat = %v, want %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// A pulse reads the previous heartbeat's answer without waiting and sends the next without
+// waiting for its answer; a member that stops answering is found by the next pulse.
+func TestHeartbeaterPulses(t *testing.T) {
+	var silent atomic.Bool
+	release := make(chan struct{})
+	defer close(release)
+	requests := make(chan struct{}, 16)
+	ep := fakeMember(t, map[string]http.HandlerFunc{"/version": func(w http.ResponseWriter, r *http.Request) {
+		requests <- struct{}{}
+		if silent.Load() {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		answer(200, "{}")(w, r)
+	}}, nil)
+	dialed := 0
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialed++
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	hb := newHeartbeater(&member.Client{Addr: ep.Addr(), Dial: dial}, time.Now)
+	hb.grace = defaultTestTimeout // the answers are read as a period after they were sent would
+	hb.speak(member.SchemePlain)
+	defer hb.close()
+	const period = 250 * time.Millisecond
+	for i := range 5 {
+		if err := hb.pulse(context.Background(), period, period); err != nil {
+			t.Fatalf("pulse %d: %v", i, err)
+		}
+		if !hb.session.Pending() {
+			t.Fatalf("pulse %d left no heartbeat in flight", i)
+		}
+		<-requests // the member got it; its answer follows at once
+	}
+	if dialed != 1 {
+		t.Fatalf("5 pulses made %d connections, want 1", dialed)
+	}
+	silent.Store(true)
+	const timeout = 50 * time.Millisecond
+	if err := hb.pulse(context.Background(), period, timeout); err != nil {
+		t.Fatalf("the pulse that reads the last answer: %v", err)
+	}
+	<-requests
+	hb.grace = pulseGrace
+	err := hb.pulse(context.Background(), period, timeout)
+	if err == nil || !strings.Contains(err.Error(), "no answer to heartbeats") {
+		t.Fatalf("pulse after a heartbeat the member did not answer = %v, want no answer", err)
 	}
 }

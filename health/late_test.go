@@ -102,11 +102,12 @@ func TestHeartbeatLocalShortageDoesNotSpin(t *testing.T) {
 	var shortage atomic.Bool
 	var dials atomic.Int64
 	var d net.Dialer
-	activity := NewActivity()
-	activity.AddClients(1)
 	out := make(Reports, 64)
-	p := newTestProber(ep, activity, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
+	p := newTestProber(ep, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
 		Rise: 1, Fall: 1, Heartbeat: 20 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond})
+	load := p.table.Load().LoadOf(ep)
+	load.Start() // a client that talks to the member: heartbeats run
+	defer chatter(load)()
 	p.dialHeartbeat = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if shortage.Load() {
 			dials.Add(1)

@@ -23,6 +23,11 @@ const (
 // snapshots.
 type Load struct {
 	active atomic.Int64
+	// resting is set by the member's prober (watch) and cleared by the next bytes a client
+	// sends the member (Sent), which fire sent: heartbeats run while clients talk to the
+	// member, and wake with the first bytes after a rest.
+	resting atomic.Bool
+	sent    wakeup
 	// slowFrom is when the member's slow start began, in Unix nanoseconds; 0 when none did.
 	slowFrom atomic.Int64
 }
@@ -32,6 +37,21 @@ func (l *Load) Active() int64 { return l.active.Load() }
 
 // Start counts a connection whose dial starts now.
 func (l *Load) Start() { l.active.Add(1) }
+
+// Sent notes bytes a client sent the member. It costs an atomic load, but for the first bytes
+// after the prober's last watch, which wake the prober. A nil Load notes nothing.
+func (l *Load) Sent() {
+	if l != nil && l.resting.Load() && l.resting.CompareAndSwap(true, false) {
+		l.sent.fire()
+	}
+}
+
+// watch returns a channel closed at the next bytes a client sends the member, and whether any
+// were sent since the last watch (before the first, it says so).
+func (l *Load) watch() (<-chan struct{}, bool) {
+	ch := l.sent.wait()
+	return ch, !l.resting.Swap(true)
+}
 
 // Done uncounts a connection that failed to dial or ended. A nil Load counts nothing.
 func (l *Load) Done() {

@@ -37,9 +37,9 @@ type Manager struct {
 	updates    *resolver.Updates
 	reports    Reports
 	reprobe    Reprobe
-	activity   *Activity
 	probe      ProbeConfig
 	proberSpec suture.Spec
+	grid       grid // shared by the probers
 	log        *zap.Logger
 	now        func() time.Time
 	gen        uint64 // generation of the last prober started, across restarts
@@ -59,7 +59,6 @@ type ManagerConfig struct {
 	Updates    *resolver.Updates
 	Reports    Reports
 	Reprobe    Reprobe
-	Activity   *Activity // the forwarded connections; nil: heartbeats never run
 	Probe      ProbeConfig
 	ProberSpec suture.Spec // spec of the supervisor that runs the probers
 	Log        *zap.Logger
@@ -67,21 +66,17 @@ type ManagerConfig struct {
 
 // NewManager returns a Manager for cfg.
 func NewManager(cfg ManagerConfig) *Manager {
-	activity := cfg.Activity
-	if activity == nil {
-		activity = NewActivity()
-	}
 	return &Manager{
 		table:      cfg.Table,
 		updates:    cfg.Updates,
 		reports:    cfg.Reports,
 		reprobe:    cfg.Reprobe,
-		activity:   activity,
 		probe:      cfg.Probe,
 		proberSpec: cfg.ProberSpec,
 		log:        cfg.Log.Named("health"),
 		now:        time.Now,
 		wrapProber: func(s suture.Service) suture.Service { return s },
+		grid:       newGrid(),
 	}
 }
 
@@ -221,8 +216,8 @@ func (r *run) startProber(mb *tracked) {
 	r.m.gen++
 	mb.gen = r.m.gen
 	mb.token = r.probers.Add(r.m.wrapProber(&Prober{
-		ep: mb.ep, gen: mb.gen, cfg: r.m.probe, table: r.m.table, activity: r.m.activity,
-		probeNow: mb.probeNow, out: r.m.reports, now: time.Now,
+		ep: mb.ep, gen: mb.gen, cfg: r.m.probe, table: r.m.table,
+		probeNow: mb.probeNow, grid: r.m.grid, out: r.m.reports, now: time.Now,
 		log: r.m.log.With(zap.Stringer("endpoint", mb.ep)),
 	}))
 }

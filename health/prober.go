@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"math/rand/v2"
 	"net"
 	"time"
 
@@ -24,16 +25,22 @@ type ProbeConfig struct {
 	Fall       int           // consecutive worse results before the state worsens
 	TLS        member.Policy // for members that serve TLS
 	// Heartbeat is the period of the liveness heartbeat between two probes of a member that is
-	// not down (GET /version, which costs etcd no storage access), sent while the gateway
-	// forwards any connection; 0 turns it off. Two heartbeats in a row without an answer within
-	// HeartbeatTimeout make the member down, so that a frozen member leaves rotation well
-	// within the probe interval.
+	// not down (GET /version, which costs etcd no storage access), sent while the member's
+	// clients send it bytes and for heartbeatLinger after; 0 turns it off. Two heartbeats in a row without an
+	// answer within HeartbeatTimeout (or, pulsed, within the period) make the member down, so
+	// that a frozen member leaves rotation, and its clients are moved, well within the probe
+	// interval. A member without clients is left to its probes.
 	Heartbeat        time.Duration
 	HeartbeatTimeout time.Duration
 }
 
 // heartbeatMisses is how many heartbeats in a row must go unanswered.
 const heartbeatMisses = 2
+
+// heartbeatLinger is how long heartbeats go on after a client last sent the member a byte:
+// they protect clients that wait on the member. A member whose clients are all silent (idle
+// watches) is left to its probes, and the next byte a client sends resumes its heartbeats.
+const heartbeatLinger = time.Second
 
 // lateRetries bounds the probes retried at once because the gateway saw their timeout late;
 // after that many in a row the prober waits its interval as usual.
@@ -63,11 +70,12 @@ type Prober struct {
 	gen      uint64 // the Manager's generation of this prober, sent with every report
 	cfg      ProbeConfig
 	table    *Table
-	activity *Activity
 	probeNow <-chan struct{} // probe at once
+	grid     grid            // the instants at which every prober of the gateway probes and beats
 	out      Reports
 	log      *zap.Logger
 	now      func() time.Time
+	lastSent time.Time // when a client last sent the member bytes, as the prober saw
 	// dialHeartbeat replaces the heartbeats' dial when not nil; tests inject faults with it.
 	dialHeartbeat func(ctx context.Context, network, addr string) (net.Conn, error)
 }
@@ -124,7 +132,7 @@ func (p *Prober) send(ctx context.Context, rep Report) error {
 }
 
 // wait sleeps until the next probe is due, sending heartbeats meanwhile while the member is not
-// down and clients are connected. It returns early when asked to probe at once, or after
+// down and the gateway forwards connections to it. It returns early when asked to probe at once, or after
 // reporting heartbeats lost, so that a probe follows at once.
 func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, began time.Time) error {
 	misses := 0
@@ -140,22 +148,26 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 			}
 			every = downProbeGap(downFor, p.cfg.Interval, p.cfg.RetryDelay)
 		}
-		left := began.Add(every).Sub(p.now())
+		left := p.grid.next(began.Add(every/2), every).Sub(p.now()) // began+every once on the grid
 		if left <= 0 {
 			return nil
 		}
 		canBeat := p.cfg.Heartbeat > 0 && state != Down && p.cfg.Mode != CheckTCP && reachable
-		var arrives <-chan struct{} // the first client after none: heartbeats resume at once
-		if canBeat {
-			arrives = p.activity.clientArrives() // taken before the count, so no arrival slips between
-		}
-		beat := canBeat && p.activity.hasClients()
-		if beat {
-			arrives = nil
+		var arrives <-chan struct{} // a client's first bytes after a rest: heartbeats resume at once
+		beat := false
+		if load := snap.LoadOf(p.ep); canBeat && load != nil {
+			ch, sent := load.watch()
+			if sent {
+				p.lastSent = p.now()
+			}
+			beat = load.Active() > 0 && p.now().Sub(p.lastSent) < heartbeatLinger
+			if !beat {
+				arrives = ch
+			}
 		}
 		sleep := left
 		if beat {
-			sleep = min(left, p.cfg.Heartbeat)
+			sleep = min(left, p.grid.next(p.now(), p.cfg.Heartbeat).Sub(p.now()))
 			if confirm {
 				sleep = 0
 			}
@@ -166,8 +178,13 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 			if !beat || sleep == left {
 				return nil
 			}
+			var err error
+			if confirm {
+				err = hb.beat(ctx, p.cfg.HeartbeatTimeout)
+			} else {
+				err = hb.pulse(ctx, p.cfg.Heartbeat, p.cfg.HeartbeatTimeout)
+			}
 			confirm = false
-			err := hb.beat(ctx, p.cfg.HeartbeatTimeout)
 			switch {
 			case err == nil:
 				misses = 0
@@ -195,6 +212,27 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 			return ctx.Err()
 		}
 	}
+}
+
+// grid is the instants at which the probers of one gateway probe and send heartbeats: the
+// multiples of a period, shifted by the gateway's phase. Probers that wake at the same
+// instant cost the host one wakeup rather than one each; the phase, drawn at random for each
+// gateway, keeps the gateways of a fleet from probing a member all at once.
+type grid struct{ phase time.Duration }
+
+// newGrid returns a grid with a random phase.
+func newGrid() grid { return grid{phase: time.Duration(rand.Int64N(int64(time.Hour)))} }
+
+// next returns the first instant of the grid of period after t.
+func (g grid) next(t time.Time, period time.Duration) time.Time {
+	if period <= 0 {
+		return t
+	}
+	into := time.Duration((t.UnixNano() - int64(g.phase)) % int64(period))
+	if into < 0 {
+		into += period
+	}
+	return t.Add(period - into)
 }
 
 // ProbeResult is the outcome of ProbeOnce.

@@ -28,7 +28,6 @@ type Forwarder struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	clients  ClientCounter // nil when nobody counts
 	counters *counters
 	mu       sync.Mutex
 	live     map[*proxied]struct{} // every forwarded connection
@@ -40,15 +39,9 @@ type Forwarder struct {
 // connection takes.
 func (f *Forwarder) Counters() map[resolver.HostPort]EndpointCounters { return f.counters.read() }
 
-// ClientCounter is told when a forwarded connection starts (+1) and ends (-1);
-// *health.Activity is one.
-type ClientCounter interface{ AddClients(delta int64) }
-
 // ForwarderConfig is what a Forwarder works with.
 type ForwarderConfig struct {
 	Dial DialFunc // connects each client to a backend
-	// Clients follows the number of forwarded connections; nil when nobody counts.
-	Clients ClientCounter
 	// Known says whether an address is in the endpoint set, for the retention of its counters;
 	// nil keeps every address's counters.
 	Known func(resolver.HostPort) bool
@@ -61,7 +54,6 @@ func NewForwarder(cfg ForwarderConfig) *Forwarder {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Forwarder{
 		dial:     cfg.Dial,
-		clients:  cfg.Clients,
 		counters: newCounters(cfg.Known, cfg.Now),
 		log:      cfg.Log.Named("listener"),
 		ctx:      ctx,
@@ -108,7 +100,7 @@ func (f *Forwarder) serve(client stream) {
 		}
 		return
 	}
-	p := &proxied{client: client, backend: backend, endpoint: ep, born: started, wg: &f.wg, done: func(p *proxied) {
+	p := &proxied{client: client, backend: backend, endpoint: ep, load: load, born: started, wg: &f.wg, done: func(p *proxied) {
 		f.untrack(p)
 		load.Done()
 		if ce := f.log.Check(zap.DebugLevel, "proxied connection closed"); ce != nil {
@@ -140,9 +132,6 @@ func (f *Forwarder) track(p *proxied) bool {
 	}
 	f.live[p] = struct{}{}
 	p.counts = f.counters.start(p.endpoint.HostPort())
-	if f.clients != nil {
-		f.clients.AddClients(1)
-	}
 	return true
 }
 
@@ -211,9 +200,6 @@ func (f *Forwarder) untrack(p *proxied) {
 	f.mu.Lock()
 	if _, ok := f.live[p]; ok {
 		p.counts.end()
-		if f.clients != nil {
-			f.clients.AddClients(-1)
-		}
 	}
 	delete(f.live, p)
 	f.mu.Unlock()

@@ -3,7 +3,6 @@ package listener
 import (
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 
 	"go.uber.org/zap"
@@ -56,35 +55,3 @@ func TestCountersWhileConnectionsStart(t *testing.T) {
 		t.Fatalf("connections counted = %d, want 50", got)
 	}
 }
-
-// The clients the Forwarder counts are what keeps the heartbeats going: each forwarded
-// connection counts from its start to its end, with the counter given at construction.
-func TestForwarderCountsClients(t *testing.T) {
-	backend := testnet.Echo(t)
-	var clients clientCount
-	fwd := NewForwarder(ForwarderConfig{Dial: dialTo(backend.Addr()), Clients: &clients, Log: zap.NewNop()})
-	defer fwd.Shutdown(defaultTestTimeout, nil)
-	front := testnet.LocalListener(t)
-	c, err := net.Dial("tcp", front.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	accepted, err := front.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fwd.Forward(accepted)
-	roundTrip(t, c, "counted")
-	if clients.n.Load() != 1 {
-		t.Fatal("a forwarded connection is not counted as a client")
-	}
-	c.Close()
-	if !testnet.Eventually(defaultTestTimeout, func() bool { return clients.n.Load() == 0 }) {
-		t.Fatal("a closed connection is still counted as a client")
-	}
-}
-
-// clientCount is a ClientCounter.
-type clientCount struct{ n atomic.Int64 }
-
-func (c *clientCount) AddClients(delta int64) { c.n.Add(delta) }

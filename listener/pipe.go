@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/etcd-gateway/etcd-gateway/health"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -32,6 +33,7 @@ type proxied struct {
 	client   stream
 	backend  *net.TCPConn
 	endpoint resolver.Endpoint
+	load     *health.Load  // the endpoint's: told of the bytes clients send, for the heartbeats
 	born     time.Time     // when the client arrived
 	up, down half          // client to backend, backend to client
 	quiet    quietness     // the rebalancer's view of its traffic; only the rebalancer touches it
@@ -57,13 +59,14 @@ type half struct {
 	queued   io.LimitedReader // reused by every splice of this direction
 	n        atomic.Int64     // bytes copied; read by the rebalancer while it runs
 	sum      *atomic.Uint64   // the address's count of this direction, which n's bytes go to too
+	sent     *health.Load     // told of every write, for the client-to-backend direction only
 	err      error            // why it ended; nil after a clean EOF
 }
 
 // prepare sets up both directions. It must finish before the connection is tracked: from then
 // on the rebalancer reads the byte counters while the halves run.
 func (p *proxied) prepare() error {
-	p.up = half{p: p, dst: p.backend, src: p.client}
+	p.up = half{p: p, dst: p.backend, src: p.client, sent: p.load}
 	p.down = half{p: p, dst: p.client, src: p.backend}
 	for _, h := range []*half{&p.up, &p.down} {
 		raw, err := h.src.SyscallConn()
@@ -164,6 +167,7 @@ func (h *half) copy() error {
 		w, err := h.dst.Write((*buf)[:n])
 		h.n.Add(int64(w))
 		h.sum.Add(uint64(w))
+		h.sent.Sent()
 		full := n == len(*buf)
 		buffers.Put(buf)
 		if err != nil {

@@ -89,12 +89,17 @@ func (c *Client) connect(ctx context.Context, scheme Scheme) (net.Conn, error) {
 }
 
 // Session is one kept-alive HTTP/1.1 connection to a member, for the heartbeats: a request on
-// it costs a few system calls. It is used by one goroutine.
+// it costs a few system calls. A request can be sent and its answer read later (Send, then
+// Receive), so that a heartbeat costs one wakeup of the gateway rather than one to send and
+// one to read. It is used by one goroutine.
 type Session struct {
-	client *Client
-	scheme Scheme
-	conn   net.Conn
-	r      *bufio.Reader
+	client  *Client
+	scheme  Scheme
+	conn    net.Conn
+	r       *bufio.Reader
+	path    string // of the request in req
+	req     []byte
+	pending bool // a request was sent and its answer not read
 }
 
 // Session returns a Session that speaks scheme to the member; it connects on first use.
@@ -106,9 +111,21 @@ func (s *Session) Scheme() Scheme { return s.scheme }
 // Fresh reports whether the next request connects anew.
 func (s *Session) Fresh() bool { return s.conn == nil }
 
+// Pending reports whether a request was sent and its answer is not read yet.
+func (s *Session) Pending() bool { return s.pending }
+
 // Get sends GET path and reads the whole answer by deadline, discarding its body; the
 // connection is kept for the next request unless the answer ends it or an error does.
 func (s *Session) Get(ctx context.Context, path string, deadline time.Time) (status int, err error) {
+	if err := s.Send(ctx, path, deadline); err != nil {
+		return 0, err
+	}
+	return s.Receive(deadline)
+}
+
+// Send sends GET path, connecting by deadline first when the Session has no connection, and
+// does not wait for the answer: Receive reads it. An error closes the connection.
+func (s *Session) Send(ctx context.Context, path string, deadline time.Time) (err error) {
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -119,16 +136,31 @@ func (s *Session) Get(ctx context.Context, path string, deadline time.Time) (sta
 		conn, err := s.client.connect(dctx, s.scheme)
 		cancel()
 		if err != nil {
-			return 0, err
+			return err
 		}
 		s.conn, s.r = conn, bufio.NewReaderSize(conn, 512)
 	}
-	s.conn.SetDeadline(deadline)
-	if _, err := s.conn.Write(request("GET", path, s.client.Addr, nil, false)); err != nil {
-		return 0, err
+	if s.path != path || s.req == nil {
+		s.path, s.req = path, request("GET", path, s.client.Addr, nil, false)
 	}
+	s.conn.SetWriteDeadline(deadline)
+	if _, err := s.conn.Write(s.req); err != nil {
+		return err
+	}
+	s.pending = true
+	return nil
+}
+
+// Receive reads the answer to the request sent, by deadline, discarding its body. The
+// connection is kept unless the answer ends it or an error does.
+func (s *Session) Receive(deadline time.Time) (status int, err error) {
+	if !s.pending {
+		return 0, errors.New("no request sent")
+	}
+	s.pending = false
+	s.conn.SetReadDeadline(deadline)
 	a, keep, err := readAnswer(s.r, 0)
-	if err == nil && !keep {
+	if err != nil || !keep {
 		s.Close() // the answer cannot be told from the next one, or the member ends the connection
 	}
 	return a.Status, err
@@ -140,6 +172,7 @@ func (s *Session) Close() {
 		s.conn.Close()
 		s.conn, s.r = nil, nil
 	}
+	s.pending = false
 }
 
 // request is an HTTP/1.1 request; close asks the member to close the connection after its

@@ -69,7 +69,6 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 		}
 	}()
 	table := health.NewTable()
-	activity := health.NewActivity()
 	reports := health.NewReports(reportBuffer)
 	reprobe := health.NewReprobe()
 	updates := resolver.NewUpdates()
@@ -97,7 +96,7 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 		}
 	}
 	known := func(hp resolver.HostPort) bool { return table.Load().Knows(hp) }
-	fwd := listener.NewForwarder(listener.ForwarderConfig{Dial: dial.Dial, Clients: activity, Known: known, Log: log})
+	fwd := listener.NewForwarder(listener.ForwarderConfig{Dial: dial.Dial, Known: known, Log: log})
 
 	hook := EventHook(log)
 	tree := suture.New("gateway", suture.Spec{EventHook: hook})
@@ -142,7 +141,6 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 		Updates:    updates,
 		Reports:    reports,
 		Reprobe:    reprobe,
-		Activity:   activity,
 		Probe:      probe,
 		ProberSpec: suture.Spec{EventHook: hook},
 		Log:        log,
