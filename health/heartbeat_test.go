@@ -21,11 +21,7 @@ import (
 func TestHeartbeaterKeepsOneConnection(t *testing.T) {
 	ep := fakeMember(t, map[string]http.HandlerFunc{"/version": answer(200, `{"etcdserver":"3.6.16","etcdcluster":"3.6.0"}`)}, nil)
 	dialed := 0
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		dialed++
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
-	}
+	dial := countingDial(&dialed)
 	hb := newHeartbeater(&member.Client{Addr: ep.Addr(), Dial: dial}, time.Now)
 	hb.speak(member.SchemePlain)
 	defer hb.close()
@@ -50,11 +46,7 @@ func TestHeartbeaterReconnectsWhenTheMemberCloses(t *testing.T) {
 		}
 	}) // then the connection is closed
 	dialed := 0
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		dialed++
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
-	}
+	dial := countingDial(&dialed)
 	hb := newHeartbeater(&member.Client{Addr: oneAnswer.Addr(), Dial: dial}, time.Now)
 	hb.speak(member.SchemePlain)
 	defer hb.close()
@@ -119,11 +111,7 @@ func TestHeartbeaterPulses(t *testing.T) {
 		answer(200, "{}")(w, r)
 	}}, nil)
 	dialed := 0
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		dialed++
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
-	}
+	dial := countingDial(&dialed)
 	hb := newHeartbeater(&member.Client{Addr: ep.Addr(), Dial: dial}, time.Now)
 	hb.grace = defaultTestTimeout // the answers are read as a period after they were sent would
 	hb.speak(member.SchemePlain)
@@ -151,5 +139,14 @@ func TestHeartbeaterPulses(t *testing.T) {
 	err := hb.pulse(context.Background(), period, timeout)
 	if err == nil || !strings.Contains(err.Error(), "no answer to heartbeats") {
 		t.Fatalf("pulse after a heartbeat the member did not answer = %v, want no answer", err)
+	}
+}
+
+// countingDial dials as a net.Dialer does and counts its dials in n.
+func countingDial(n *int) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		*n++
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
 	}
 }
