@@ -67,7 +67,9 @@ type checker struct {
 const fullHandshakeEvery = time.Minute
 
 func newChecker(ep resolver.Endpoint, mode CheckMode, timeout time.Duration, tlsCfg member.Policy) *checker {
-	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout}, now: time.Now,
+	// A probe's connection lives for one request: no TCP keep-alive to set up (four system
+	// calls per probe).
+	c := &checker{ep: ep, mode: mode, timeout: timeout, dialer: net.Dialer{Timeout: timeout, KeepAlive: -1}, now: time.Now,
 		tls: ep.MemberTLS(tlsCfg)}
 	c.scheme = schemeOf(ep, member.SchemeUnknown)
 	// Every probe is a new connection (Client.Do), as a new client's would be: a member that

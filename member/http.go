@@ -37,6 +37,32 @@ type Client struct {
 	Drains *sync.WaitGroup
 	// Handshaken, when not nil, is told of every completed handshake: what its names said.
 	Handshaken func(Handshake)
+
+	mu       sync.Mutex
+	requests map[requestKey][]byte // the bodiless requests made so far, written once each
+}
+
+// requestKey names a bodiless request.
+type requestKey struct{ method, path string }
+
+// readers are the buffers answers are read through, shared by every Client.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 1024) }}
+
+// bodiless returns the bytes of a request without a body that closes the connection, built
+// once per method and path.
+func (c *Client) bodiless(method, path string) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := requestKey{method, path}
+	if b, ok := c.requests[k]; ok {
+		return b
+	}
+	if c.requests == nil {
+		c.requests = make(map[requestKey][]byte)
+	}
+	b := request(method, path, c.Addr, nil, true)
+	c.requests[k] = b
+	return b
 }
 
 // Do sends one request on a new connection, which it closes: a new connection each time, as a
@@ -60,10 +86,20 @@ func (c *Client) do(ctx context.Context, scheme Scheme, method, path string, bod
 	defer conn.Close()
 	stop := watch(ctx, conn)
 	defer stop()
-	if _, err := conn.Write(request(method, path, c.Addr, body, true)); err != nil {
+	var req []byte
+	if body == nil {
+		req = c.bodiless(method, path)
+	} else {
+		req = request(method, path, c.Addr, body, true)
+	}
+	if _, err := conn.Write(req); err != nil {
 		return Answer{}, ctxErr(ctx, err)
 	}
-	a, _, err := readAnswer(bufio.NewReaderSize(conn, 1024), limit)
+	r := readers.Get().(*bufio.Reader)
+	r.Reset(conn)
+	a, _, err := readAnswer(r, limit)
+	r.Reset(nil)
+	readers.Put(r)
 	return a, ctxErr(ctx, err)
 }
 
