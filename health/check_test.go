@@ -269,16 +269,7 @@ func TestHeartbeatsFindAFrozenMember(t *testing.T) {
 	var frozen atomic.Bool
 	release := make(chan struct{})
 	defer close(release)
-	stall := func(w http.ResponseWriter, r *http.Request) {
-		if frozen.Load() {
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-			return
-		}
-		answer(200, "ok\n")(w, r)
-	}
+	stall := freezable(&frozen, release, answer(200, "ok\n"))
 	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": stall, "/livez": stall, "/version": stall}, nil)
 	out := NewReports(4)
 	p := newTestProber(ep, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
@@ -308,6 +299,68 @@ func TestHeartbeatsFindAFrozenMember(t *testing.T) {
 		}
 	case <-time.After(defaultTestTimeout):
 		t.Fatal("the frozen member was never reported down; the probe interval is an hour")
+	}
+}
+
+// A client whose member froze while the client was silent (the heartbeats resting) sends a
+// request: the heartbeats resume at once and find the member frozen within two timeouts.
+func TestHeartbeatsFindAFrozenMemberOnTheFirstRequestAfterARest(t *testing.T) {
+	var frozen atomic.Bool
+	var beats atomic.Int64
+	release := make(chan struct{})
+	defer close(release)
+	ep := fakeMember(t, map[string]http.HandlerFunc{
+		"/readyz": answer(200, "ok\n"),
+		"/version": func(w http.ResponseWriter, r *http.Request) {
+			beats.Add(1)
+			freezable(&frozen, release, answer(200, "{}"))(w, r)
+		},
+	}, nil)
+	out := NewReports(4)
+	p := newTestProber(ep, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
+		Rise: 1, Fall: 1, Heartbeat: 50 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond})
+	load := p.table.Load().LoadOf(ep)
+	load.Start() // a client, silent: the heartbeats rest after the linger
+	runProber(t, p)
+	if rep := <-out; rep.Evidence != Probed || rep.State != Healthy {
+		t.Fatalf("first report %+v, want a healthy probe", rep)
+	}
+	if !testnet.Eventually(defaultTestTimeout, func() bool {
+		before := beats.Load()
+		settle := time.NewTimer(200 * time.Millisecond)
+		<-settle.C
+		return beats.Load() == before
+	}) {
+		t.Fatal("heartbeats never rested for a silent client")
+	}
+	frozen.Store(true)
+	asked := time.Now()
+	load.Sent() // the client's request, which the frozen member leaves unanswered
+	select {
+	case rep := <-out:
+		if rep.Evidence != HeartbeatsLost || rep.State != Down {
+			t.Fatalf("report %+v, want heartbeats lost", rep)
+		}
+		if took := time.Since(asked); took > 500*time.Millisecond {
+			t.Errorf("down %s after the request with 50 ms heartbeats", took)
+		}
+	case <-time.After(defaultTestTimeout):
+		t.Fatal("the frozen member was never reported down; the probe interval is an hour")
+	}
+}
+
+// freezable answers with then, unless frozen is set: then it answers nothing until release is
+// closed or the request ends, as a frozen member.
+func freezable(frozen *atomic.Bool, release <-chan struct{}, then http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if frozen.Load() {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		then(w, r)
 	}
 }
 

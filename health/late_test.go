@@ -88,16 +88,7 @@ func TestHeartbeatLocalShortageDoesNotSpin(t *testing.T) {
 	ep := fakeMember(t, map[string]http.HandlerFunc{
 		"/readyz": answer(200, "ok\n"),
 		"/livez":  answer(200, "ok\n"),
-		"/version": func(w http.ResponseWriter, r *http.Request) {
-			if stall.Load() {
-				select {
-				case <-release:
-				case <-r.Context().Done():
-				}
-				return
-			}
-			answer(200, "{}")(w, r)
-		},
+		"/version": freezable(&stall, release, answer(200, "{}")),
 	}, nil)
 	var shortage atomic.Bool
 	var dials atomic.Int64

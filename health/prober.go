@@ -136,7 +136,7 @@ func (p *Prober) send(ctx context.Context, rep Report) error {
 // reporting heartbeats lost, so that a probe follows at once.
 func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, began time.Time) error {
 	misses := 0
-	confirm := false // the last heartbeat was missed, or seen too late: beat again at once
+	confirm := false // the last heartbeat was missed or seen too late, or a client woke the heartbeats: beat at once
 	for {
 		snap := p.table.Load()
 		state, _ := snap.State(p.ep)
@@ -207,6 +207,10 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 			t.Stop()
 		case <-arrives:
 			t.Stop()
+			// A client talks to the member again after a rest, perhaps waiting on a member
+			// that froze meanwhile: beat at once and wait for the answer, as a confirmation
+			// does, rather than pulse at the next instant of the grid.
+			confirm = true
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
