@@ -349,6 +349,41 @@ func TestHeartbeatsFindAFrozenMemberOnTheFirstRequestAfterARest(t *testing.T) {
 	}
 }
 
+// A member that freezes just before a probe is due is found by the heartbeat in flight, not by
+// the probe, which would wait out its whole timeout while no heartbeat runs.
+func TestHeartbeatsFindAFrozenMemberBeforeTheNextProbe(t *testing.T) {
+	var frozen atomic.Bool
+	release := make(chan struct{})
+	defer close(release)
+	stall := freezable(&frozen, release, answer(200, "ok\n"))
+	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": stall, "/livez": stall, "/version": stall}, nil)
+	out := NewReports(16)
+	// A probe every other heartbeat, each allowed 5 s.
+	p := newTestProber(ep, out, ProbeConfig{Mode: CheckReadyz, Interval: 100 * time.Millisecond, Timeout: 5 * time.Second, RetryDelay: time.Hour,
+		Rise: 1, Fall: 1, Heartbeat: 50 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond})
+	load := p.table.Load().LoadOf(ep)
+	load.Start()
+	defer chatter(load)()
+	runProber(t, p)
+	if !testnet.Eventually(defaultTestTimeout, func() bool { return len(out) >= 3 }) {
+		t.Fatal("no probes")
+	}
+	for len(out) > 0 {
+		if rep := <-out; rep.State != Healthy {
+			t.Fatalf("report %+v before the freeze, want healthy probes", rep)
+		}
+	}
+	frozen.Store(true)
+	select {
+	case rep := <-out:
+		if rep.Evidence != HeartbeatsLost {
+			t.Fatalf("report %+v, want the heartbeats to find the frozen member before a probe times out", rep)
+		}
+	case <-time.After(defaultTestTimeout):
+		t.Fatal("the frozen member was never reported down")
+	}
+}
+
 // freezable answers with then, unless frozen is set: then it answers nothing until release is
 // closed or the request ends, as a frozen member.
 func freezable(frozen *atomic.Bool, release <-chan struct{}, then http.HandlerFunc) http.HandlerFunc {

@@ -39,6 +39,9 @@ func (h *heartbeater) speak(scheme member.Scheme) {
 	h.session = h.client.Session(scheme)
 }
 
+// inFlight reports whether a pulse was sent and its answer not read yet.
+func (h *heartbeater) inFlight() bool { return h.session != nil && h.session.Pending() }
+
 // isLate reports whether err is a timeout seen late.
 func isLate(err error) bool { return errors.Is(err, member.ErrSeenLate) }
 
@@ -77,6 +80,21 @@ func (h *heartbeater) beat(ctx context.Context, timeout time.Duration) error {
 // answer missing then is an error, which the prober confirms with a beat. A connection the
 // member closed is replaced by a beat, which waits for its answer.
 func (h *heartbeater) pulse(ctx context.Context, period, timeout time.Duration) error {
+	if err := h.collect(ctx, period, timeout); err != nil {
+		return err
+	}
+	h.sentAt = h.now()
+	deadline := h.sentAt.Add(timeout)
+	fresh := h.session.Fresh()
+	err := h.session.Send(ctx, heartbeatPath, deadline)
+	if err != nil && !fresh && member.DialError(err) == nil {
+		return h.beat(ctx, timeout) // the connection broke: ask anew and wait
+	}
+	return h.judge(err, deadline, timeout)
+}
+
+// collect reads the answer to the pulse in flight, if any, as pulse does, and sends nothing.
+func (h *heartbeater) collect(ctx context.Context, period, timeout time.Duration) error {
 	if h.session.Pending() {
 		deadline := h.now().Add(h.grace)
 		if due := h.sentAt.Add(timeout); due.After(deadline) {
@@ -91,14 +109,7 @@ func (h *heartbeater) pulse(ctx context.Context, period, timeout time.Duration) 
 			return h.beat(ctx, timeout) // the member closed our idle connection: ask anew and wait
 		}
 	}
-	h.sentAt = h.now()
-	deadline := h.sentAt.Add(timeout)
-	fresh := h.session.Fresh()
-	err := h.session.Send(ctx, heartbeatPath, deadline)
-	if err != nil && !fresh && member.DialError(err) == nil {
-		return h.beat(ctx, timeout) // the connection broke: ask anew and wait
-	}
-	return h.judge(err, deadline, timeout)
+	return nil
 }
 
 // pulseGrace is how long a pulse waits for an answer that is not there yet: a read of what

@@ -86,8 +86,8 @@ func TestHeartbeatLocalShortageDoesNotSpin(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	ep := fakeMember(t, map[string]http.HandlerFunc{
-		"/readyz": answer(200, "ok\n"),
-		"/livez":  answer(200, "ok\n"),
+		"/readyz":  answer(200, "ok\n"),
+		"/livez":   answer(200, "ok\n"),
 		"/version": freezable(&stall, release, answer(200, "{}")),
 	}, nil)
 	var shortage atomic.Bool

@@ -148,10 +148,6 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 			}
 			every = downProbeGap(downFor, p.cfg.Interval, p.cfg.RetryDelay)
 		}
-		left := p.grid.next(began.Add(every/2), every).Sub(p.now()) // began+every once on the grid
-		if left <= 0 {
-			return nil
-		}
 		canBeat := p.cfg.Heartbeat > 0 && state != Down && p.cfg.Mode != CheckTCP && reachable
 		var arrives <-chan struct{} // a client's first bytes after a rest: heartbeats resume at once
 		beat := false
@@ -165,9 +161,16 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 				arrives = ch
 			}
 		}
-		sleep := left
+		// The probe is due at left. A heartbeat in flight is read first: a member that froze
+		// since must be found by its heartbeats, not by a probe that waits out its timeout
+		// while no heartbeat runs.
+		left := p.grid.next(began.Add(every/2), every).Sub(p.now()) // began+every once on the grid
+		if left <= 0 && !confirm && !(beat && hb.inFlight()) {
+			return nil
+		}
+		sleep := max(left, 0)
 		if beat {
-			sleep = min(left, p.grid.next(p.now(), p.cfg.Heartbeat).Sub(p.now()))
+			sleep = min(sleep, p.grid.next(p.now(), p.cfg.Heartbeat).Sub(p.now()))
 			if confirm {
 				sleep = 0
 			}
@@ -175,19 +178,27 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 		t := time.NewTimer(sleep)
 		select {
 		case <-t.C:
-			if !beat || sleep == left {
+			probeDue := sleep >= left
+			if !beat {
 				return nil
 			}
 			var err error
-			if confirm {
+			switch {
+			case confirm:
 				err = hb.beat(ctx, p.cfg.HeartbeatTimeout)
-			} else {
+			case probeDue:
+				err = hb.collect(ctx, p.cfg.Heartbeat, p.cfg.HeartbeatTimeout) // the probe follows
+			default:
 				err = hb.pulse(ctx, p.cfg.Heartbeat, p.cfg.HeartbeatTimeout)
 			}
+			wasConfirm := confirm
 			confirm = false
 			switch {
 			case err == nil:
 				misses = 0
+				if probeDue && !wasConfirm {
+					return nil
+				}
 			case ctx.Err() != nil:
 				return ctx.Err()
 			case member.IsLocalShortage(err):
