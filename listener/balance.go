@@ -228,13 +228,14 @@ func (q *quietness) sample(now time.Time, up, down, control int64) {
 		return
 	}
 	switch {
-	case up-q.up > control:
-		q.toClient = false // a request
+	case up-q.up > control, up != q.up && down == q.down:
+		q.toClient = false // a request, or a piece of one: bytes from the client alone
 	case down-q.down > control:
 		q.toClient = true // an answer or an event, with the client's control frames at most
 	}
-	// Control frames alone both ways (a PING a member sends before a slow answer, keepalives)
-	// say nothing about a request in flight: whether one is stays as it was.
+	// Control frames both ways in one sample (a PING a member sends before a slow answer and
+	// its answer, keepalives), or from the member alone, say nothing about a request in
+	// flight: whether one is stays as it was.
 	q.changedAt, q.up, q.down = now, up, down
 }
 

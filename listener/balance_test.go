@@ -335,6 +335,13 @@ func TestQuietness(t *testing.T) {
 	if !q.quiet(at.Add(quietFor), quietFor) {
 		t.Fatal("keepalive PINGs after an answer made the connection busy")
 	}
+	// A small request whose HEADERS and DATA frames fall in two samples, each no larger than
+	// control frames: bytes from the client alone are a request.
+	step(time.Second, 334+24, 517)
+	step(time.Millisecond, 334+48, 517)
+	if q.quiet(at.Add(time.Hour), quietFor) {
+		t.Fatal("a request sent in two small pieces is quiet")
+	}
 }
 
 // Rebalancing moves load only between the healthy members of the tier that takes new
