@@ -1,10 +1,12 @@
 package status
 
 import (
+	"maps"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/etcd-gateway/etcd-gateway/dialer"
 	"github.com/etcd-gateway/etcd-gateway/health"
@@ -18,46 +20,34 @@ const namespace = "etcd_gateway"
 // DialMetrics are the dial latency and failure series of each member, updated by the dialer on
 // every dial (a dialer.Observer) and exported by the status server.
 type DialMetrics struct {
-	latency  *prometheus.HistogramVec
-	failures *prometheus.CounterVec
-	series   sync.Map // resolver.HostPort → *dialSeries, so that a dial builds no label
+	series sync.Map // resolver.HostPort → *dialSeries
 }
 
 // dialSeries are one endpoint's dial metrics.
 type dialSeries struct {
-	latency  prometheus.Observer
-	failures prometheus.Counter
+	latency  *latencyHistogram
+	failures atomic.Uint64
 }
+
+// dialBuckets are the upper bounds of the dial latency histogram, in seconds.
+var dialBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 
 var _ dialer.Observer = (*DialMetrics)(nil)
 
 // NewDialMetrics returns empty dial metrics.
-func NewDialMetrics() *DialMetrics {
-	return &DialMetrics{
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: namespace, Subsystem: "endpoint", Name: "dial_duration_seconds",
-			Help:    "Time to connect to the endpoint, successful or not.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
-		}, []string{"endpoint"}),
-		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Subsystem: "endpoint", Name: "dial_failures_total",
-			Help: "Dials to the endpoint that failed.",
-		}, []string{"endpoint"}),
-	}
-}
+func NewDialMetrics() *DialMetrics { return &DialMetrics{} }
 
 // Dialed records one dial.
 func (m *DialMetrics) Dialed(ep resolver.Endpoint, took time.Duration, err error) {
 	hp := ep.HostPort()
 	v, ok := m.series.Load(hp)
 	if !ok {
-		name := hp.String()
-		v, _ = m.series.LoadOrStore(hp, &dialSeries{m.latency.WithLabelValues(name), m.failures.WithLabelValues(name)})
+		v, _ = m.series.LoadOrStore(hp, &dialSeries{latency: newLatencyHistogram(dialBuckets)})
 	}
 	s := v.(*dialSeries)
-	s.latency.Observe(took.Seconds())
+	s.latency.observe(took.Seconds())
 	if err != nil {
-		s.failures.Inc()
+		s.failures.Add(1)
 	}
 }
 
@@ -72,32 +62,27 @@ func (m *DialMetrics) addresses() []resolver.HostPort {
 }
 
 // forget drops the dial series of hp.
-func (m *DialMetrics) forget(hp resolver.HostPort) {
-	m.series.Delete(hp)
-	m.latency.DeleteLabelValues(hp.String())
-	m.failures.DeleteLabelValues(hp.String())
-}
+func (m *DialMetrics) forget(hp resolver.HostPort) { m.series.Delete(hp) }
 
-func desc(name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
+// addTo adds the dial families to e, one series per address, sorted.
+func (m *DialMetrics) addTo(e *exposition) {
+	latency := e.family(namespace+"_endpoint_dial_duration_seconds", "Time to connect to the endpoint, successful or not.", histogram)
+	failures := e.family(namespace+"_endpoint_dial_failures_total", "Dials to the endpoint that failed.", counter)
+	type named struct {
+		name   string
+		series *dialSeries
+	}
+	var all []named
+	m.series.Range(func(k, v any) bool {
+		all = append(all, named{k.(resolver.HostPort).String(), v.(*dialSeries)})
+		return true
+	})
+	slices.SortFunc(all, func(a, b named) int { return strings.Compare(a.name, b.name) })
+	for _, s := range all {
+		s.series.latency.addTo(latency, "endpoint", s.name)
+		failures.add(float64(s.series.failures.Load()), "endpoint", s.name)
+	}
 }
-
-var (
-	activeDesc     = desc("endpoint_connections_active", "Client connections forwarded to the endpoint now.", "endpoint")
-	totalDesc      = desc("endpoint_connections_total", "Client connections forwarded to the endpoint.", "endpoint")
-	bytesDesc      = desc("endpoint_bytes_total", "Bytes forwarded, by direction: to_endpoint (from clients) or to_client.", "endpoint", "direction")
-	evictionsDesc  = desc("endpoint_evictions_total", "Connections closed because the endpoint turned unhealthy.", "endpoint")
-	rebalancedDesc = desc("endpoint_rebalanced_total", "Quiet connections closed on the endpoint so that their clients move to a less loaded member.", "endpoint")
-	spreadDesc     = desc("rebalance_spread", "Most minus fewest connections of the healthy members that take new connections, relative to their weights.")
-	healthDesc     = desc("endpoint_health", "1 for the endpoint's current state (healthy, degraded or down), 0 for the others.", "endpoint", "state")
-	lookupsDesc    = desc("srv_lookups_total", "SRV discovery lookups.")
-	lookupFails    = desc("srv_lookup_failures_total", "SRV discovery lookups that failed; the last good endpoint set was kept.")
-	syncsDesc      = desc("member_list_syncs_total", "Reads of the cluster's member list (--endpoints-auto-sync-interval).")
-	syncFailsDesc  = desc("member_list_sync_failures_total", "Reads of the member list that failed or were refused; the current endpoint set was kept.")
-	buildDesc      = desc("build_info", "Always 1; the labels say which build runs.", "version", "commit", "goversion")
-	rotationDesc   = desc("rotation", "1 for what new connections go to now, 0 for the others: healthy endpoints, degraded ones "+
-		"(none healthy), last-resort (none healthy or degraded: every endpoint is tried and no connection is evicted), or none (no endpoint known).", "rotation")
-)
 
 var rotations = []health.Rotation{health.RotationHealthy, health.RotationDegraded, health.RotationLastResort, health.RotationNone}
 
@@ -161,73 +146,64 @@ func (c *gatewayCollector) prune(snap *health.Snapshot) map[resolver.HostPort]li
 	return counters
 }
 
-// Describe sends every metric's description.
-func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, totalDesc, bytesDesc, evictionsDesc, rebalancedDesc, healthDesc, buildDesc, rotationDesc} {
-		ch <- d
-	}
-	if c.src.Rebalancer != nil {
-		ch <- spreadDesc
-	}
-	c.dials.latency.Describe(ch)
-	c.dials.failures.Describe(ch)
-	if c.src.Discovery != nil {
-		ch <- lookupsDesc
-		ch <- lookupFails
-	}
-	if c.src.MemberList != nil {
-		ch <- syncsDesc
-		ch <- syncFailsDesc
-	}
-}
-
-// Collect sends the current values.
-func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(buildDesc, prometheus.GaugeValue, 1, version.Version(), version.Commit(), version.GoVersion())
+// addTo adds the gateway's families to e: its build, rotation, endpoints' health and
+// forwarding counters, dials, discovery and member list.
+func (c *gatewayCollector) addTo(e *exposition) {
+	e.family(namespace+"_build_info", "Always 1; the labels say which build runs.", gauge).
+		add(1, "commit", version.Commit(), "goversion", version.GoVersion(), "version", version.Version())
 	snap := c.src.Table.Load()
 	counters := c.prune(snap)
-	c.dials.latency.Collect(ch) // after prune, so that no pruned series is sent
-	c.dials.failures.Collect(ch)
+	c.dials.addTo(e) // after prune, so that no pruned series is sent
+	rotation := e.family(namespace+"_rotation", "1 for what new connections go to now, 0 for the others: healthy endpoints, degraded ones "+
+		"(none healthy), last-resort (none healthy or degraded: every endpoint is tried and no connection is evicted), or none (no endpoint known).", gauge)
 	for _, r := range rotations {
-		v := 0.0
-		if r == snap.Rotation() {
-			v = 1
-		}
-		ch <- prometheus.MustNewConstMetric(rotationDesc, prometheus.GaugeValue, v, string(r))
+		rotation.add(oneIf(r == snap.Rotation()), "rotation", string(r))
 	}
+	healthFamily := e.family(namespace+"_endpoint_health", "1 for the endpoint's current state (healthy, degraded or down), 0 for the others.", gauge)
 	for _, ep := range snap.Known() {
 		if _, ok := counters[ep.HostPort()]; !ok {
 			counters[ep.HostPort()] = listener.EndpointCounters{}
 		}
 		state, _ := snap.State(ep)
 		for _, s := range states {
-			v := 0.0
-			if s == state {
-				v = 1
-			}
-			ch <- prometheus.MustNewConstMetric(healthDesc, prometheus.GaugeValue, v, ep.String(), s.String())
+			healthFamily.add(oneIf(s == state), "endpoint", ep.String(), "state", s.String())
 		}
 	}
-	for hp, n := range counters {
-		name := hp.String()
-		ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(n.Active), name)
-		ch <- prometheus.MustNewConstMetric(totalDesc, prometheus.CounterValue, float64(n.Total), name)
-		ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(n.Evicted), name)
-		ch <- prometheus.MustNewConstMetric(rebalancedDesc, prometheus.CounterValue, float64(n.Rebalanced), name)
-		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(n.BytesUp), name, "to_endpoint")
-		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(n.BytesDown), name, "to_client")
+	active := e.family(namespace+"_endpoint_connections_active", "Client connections forwarded to the endpoint now.", gauge)
+	total := e.family(namespace+"_endpoint_connections_total", "Client connections forwarded to the endpoint.", counter)
+	evictions := e.family(namespace+"_endpoint_evictions_total", "Connections closed because the endpoint turned unhealthy.", counter)
+	rebalanced := e.family(namespace+"_endpoint_rebalanced_total", "Quiet connections closed on the endpoint so that their clients move to a less loaded member.", counter)
+	bytesTotal := e.family(namespace+"_endpoint_bytes_total", "Bytes forwarded, by direction: to_endpoint (from clients) or to_client.", counter)
+	addresses := slices.SortedFunc(maps.Keys(counters), func(a, b resolver.HostPort) int { return strings.Compare(a.String(), b.String()) })
+	for _, hp := range addresses {
+		n, name := counters[hp], hp.String()
+		active.add(float64(n.Active), "endpoint", name)
+		total.add(float64(n.Total), "endpoint", name)
+		evictions.add(float64(n.Evicted), "endpoint", name)
+		rebalanced.add(float64(n.Rebalanced), "endpoint", name)
+		bytesTotal.add(float64(n.BytesDown), "direction", "to_client", "endpoint", name)
+		bytesTotal.add(float64(n.BytesUp), "direction", "to_endpoint", "endpoint", name)
 	}
 	if c.src.Rebalancer != nil {
-		ch <- prometheus.MustNewConstMetric(spreadDesc, prometheus.GaugeValue, c.src.Rebalancer.Spread())
+		e.family(namespace+"_rebalance_spread", "Most minus fewest connections of the healthy members that take new connections, relative to their weights.", gauge).
+			add(c.src.Rebalancer.Spread())
 	}
 	if c.src.Discovery != nil {
 		total, failed := c.src.Discovery.Lookups()
-		ch <- prometheus.MustNewConstMetric(lookupsDesc, prometheus.CounterValue, float64(total))
-		ch <- prometheus.MustNewConstMetric(lookupFails, prometheus.CounterValue, float64(failed))
+		e.family(namespace+"_srv_lookups_total", "SRV discovery lookups.", counter).add(float64(total))
+		e.family(namespace+"_srv_lookup_failures_total", "SRV discovery lookups that failed; the last good endpoint set was kept.", counter).add(float64(failed))
 	}
 	if c.src.MemberList != nil {
 		total, failed := c.src.MemberList.Syncs()
-		ch <- prometheus.MustNewConstMetric(syncsDesc, prometheus.CounterValue, float64(total))
-		ch <- prometheus.MustNewConstMetric(syncFailsDesc, prometheus.CounterValue, float64(failed))
+		e.family(namespace+"_member_list_syncs_total", "Reads of the cluster's member list (--endpoints-auto-sync-interval).", counter).add(float64(total))
+		e.family(namespace+"_member_list_sync_failures_total", "Reads of the member list that failed or were refused; the current endpoint set was kept.", counter).add(float64(failed))
 	}
+}
+
+// oneIf is 1 when b holds, else 0.
+func oneIf(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -18,9 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/thejerf/suture/v4"
 	"go.uber.org/zap"
 
@@ -57,7 +54,6 @@ type Sources struct {
 type Server struct {
 	ln      *net.TCPListener
 	src     Sources
-	reg     *prometheus.Registry
 	dials   *DialMetrics
 	gateway *gatewayCollector
 	log     *zap.Logger
@@ -83,13 +79,8 @@ func Listen(ctx context.Context, addr string) (*net.TCPListener, error) {
 // New returns the status server of src on ln, which exports dials too. It never closes ln;
 // whoever bound it does.
 func New(ln *net.TCPListener, src Sources, dials *DialMetrics, log *zap.Logger) *Server {
-	s := &Server{ln: ln, src: src, reg: prometheus.NewRegistry(), dials: dials, log: log.Named("status")}
+	s := &Server{ln: ln, src: src, dials: dials, log: log.Named("status")}
 	s.gateway = newGatewayCollector(src, s.dials)
-	s.reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		s.gateway,
-	)
 	return s
 }
 
@@ -99,10 +90,7 @@ func (s *Server) String() string { return "status/" + s.ln.Addr().String() }
 // Handler returns the server's routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	// ContinueOnError: a metric that fails to collect is logged and left out; the scrape of
-	// everything else still answers 200.
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{
-		ErrorLog: zap.NewStdLog(s.log), ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("GET /metrics", s.metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("GET /status", s.status)
@@ -144,6 +132,20 @@ func (s *Server) Serve(ctx context.Context) error {
 type keepOpen struct{ *net.TCPListener }
 
 func (k keepOpen) Close() error { return k.SetDeadline(time.Unix(1, 0)) }
+
+// metrics answers with every family in Prometheus' text format: the gateway's, then the Go
+// runtime's and the process's. A process family whose source cannot be read is left out and
+// the scrape of everything else still answers 200.
+func (s *Server) metrics(w http.ResponseWriter, _ *http.Request) {
+	var e exposition
+	s.gateway.addTo(&e)
+	addGoFamilies(&e)
+	addProcessFamilies(&e)
+	w.Header().Set("Content-Type", contentType)
+	if _, err := w.Write(e.bytes()); err != nil {
+		s.log.Debug("writing /metrics failed", zap.Error(err))
+	}
+}
 
 // readyz answers 200 when at least one endpoint is healthy, 503 with the reason otherwise.
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
