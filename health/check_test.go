@@ -335,7 +335,7 @@ func TestHeartbeatsFindAFrozenMemberOnTheFirstRequestAfterARest(t *testing.T) {
 	}
 	frozen.Store(true)
 	asked := time.Now()
-	load.Sent() // the client's request, which the frozen member leaves unanswered
+	load.Sent(testRequest) // the client's request, which the frozen member leaves unanswered
 	select {
 	case rep := <-out:
 		if rep.Evidence != HeartbeatsLost || rep.State != Down {
@@ -399,6 +399,10 @@ func freezable(frozen *atomic.Bool, release <-chan struct{}, then http.HandlerFu
 	}
 }
 
+// testRequest is the size of a client's request in the heartbeat tests: more than control
+// frames.
+const testRequest = 100
+
 // chatter is a client that talks to the member of load: it notes bytes sent every 10 ms
 // until stop is called.
 func chatter(load *Load) (stop func()) {
@@ -409,7 +413,7 @@ func chatter(load *Load) (stop func()) {
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			load.Sent()
+			load.Sent(testRequest)
 			select {
 			case <-tick.C:
 			case <-done:
@@ -473,7 +477,7 @@ func TestHeartbeatsOnlyWhileTheMemberHasClients(t *testing.T) {
 	}
 	other := p.table.Load().LoadOf(elsewhere)
 	other.Start()
-	other.Sent()
+	other.Sent(testRequest)
 	idle = time.NewTimer(300 * time.Millisecond)
 	<-idle.C
 	if n := beats.Load(); n != 0 {
@@ -499,7 +503,17 @@ func TestHeartbeatsOnlyWhileTheMemberHasClients(t *testing.T) {
 		t.Fatal("heartbeats go on while the member's only client is silent")
 	}
 	before := beats.Load()
-	load.Sent() // a request
+	ping := int(member.ControlBytes(member.SchemePlain)) // a keepalive PING, a WINDOW_UPDATE: no request
+	for range 3 {
+		load.Sent(ping)
+		apart := time.NewTimer(burstWindow + 20*time.Millisecond) // keepalives come seconds apart: pacing
+		<-apart.C
+	}
+	if n := beats.Load(); n != before {
+		t.Fatalf("%d heartbeats for control frames alone, want none", n-before)
+	}
+	load.Sent(ping / 2) // a request whose HEADERS and DATA frames came in two writes
+	load.Sent(ping/2 + 3)
 	if !testnet.Eventually(defaultTestTimeout, func() bool { return beats.Load() >= before+3 }) {
 		t.Fatal("a silent client's request did not resume the heartbeats")
 	}

@@ -39,6 +39,14 @@ func (h *heartbeater) speak(scheme member.Scheme) {
 	h.session = h.client.Session(scheme)
 }
 
+// scheme is what the member serves, as the last probe found.
+func (h *heartbeater) scheme() member.Scheme {
+	if h.session == nil {
+		return member.SchemeUnknown
+	}
+	return h.session.Scheme()
+}
+
 // inFlight reports whether a pulse was sent and its answer not read yet.
 func (h *heartbeater) inFlight() bool { return h.session != nil && h.session.Pending() }
 

@@ -3,6 +3,8 @@ package health
 import (
 	"sync/atomic"
 	"time"
+
+	"github.com/etcd-gateway/etcd-gateway/member"
 )
 
 // Slow start: a member that comes back (or is added) while others serve takes connections at a
@@ -23,11 +25,19 @@ const (
 // snapshots.
 type Load struct {
 	active atomic.Int64
-	// resting is set by the member's prober (watch) and cleared by the next bytes a client
-	// sends the member (Sent), which fire sent: heartbeats run while clients talk to the
-	// member, and wake with the first bytes after a rest.
+	// resting is set by the member's prober (watch) and cleared by the next request a client
+	// sends the member (Sent), which fires sent: heartbeats run while clients talk to the
+	// member, and wake with the first request after a rest. Control frames alone (a keepalive
+	// PING, a WINDOW_UPDATE) are no request: a client that waits on nothing needs no
+	// heartbeats, and an idle watch pings its member every few seconds.
 	resting atomic.Bool
 	sent    wakeup
+	// control is the most bytes a burst of control frames to the member takes
+	// (member.ControlBytes of its scheme, set by watch); small and smallAt are the bytes of
+	// the current burst of small writes and when its last write came, in Unix nanoseconds.
+	control atomic.Int64
+	small   atomic.Int64
+	smallAt atomic.Int64
 	// slowFrom is when the member's slow start began, in Unix nanoseconds; 0 when none did.
 	slowFrom atomic.Int64
 }
@@ -38,17 +48,40 @@ func (l *Load) Active() int64 { return l.active.Load() }
 // Start counts a connection whose dial starts now.
 func (l *Load) Start() { l.active.Add(1) }
 
-// Sent notes bytes a client sent the member. It costs an atomic load, but for the first bytes
-// after the prober's last watch, which wake the prober. A nil Load notes nothing.
-func (l *Load) Sent() {
-	if l != nil && l.resting.Load() && l.resting.CompareAndSwap(true, false) {
+// Sent notes n bytes a client sent the member. While heartbeats run it costs an atomic load;
+// at rest, a write larger than control frames, or small writes that add up to more within
+// burstWindow (a request whose frames came apart), wake the prober. A nil Load notes nothing.
+func (l *Load) Sent(n int) {
+	if l != nil && l.resting.Load() && l.isRequest(n) && l.resting.CompareAndSwap(true, false) {
 		l.sent.fire()
 	}
 }
 
-// watch returns a channel closed at the next bytes a client sends the member, and whether any
-// were sent since the last watch (before the first, it says so).
-func (l *Load) watch() (<-chan struct{}, bool) {
+// burstWindow is how close together small writes must come to be taken as one burst: the
+// frames of one request come within it, a keepalive's PINGs seconds apart.
+const burstWindow = 100 * time.Millisecond
+
+// isRequest reports whether n bytes, with the small writes just before them, are more than
+// control frames. Writes from several connections at once may be summed loosely: it only
+// decides whether heartbeats start a little sooner.
+func (l *Load) isRequest(n int) bool {
+	control := l.control.Load()
+	if int64(n) > control {
+		return true
+	}
+	now := time.Now().UnixNano()
+	if now-l.smallAt.Swap(now) > int64(burstWindow) {
+		l.small.Store(int64(n))
+		return false
+	}
+	return l.small.Add(int64(n)) > control
+}
+
+// watch returns a channel closed at the next request a client sends the member, and whether
+// any was sent since the last watch (before the first, it says so). scheme is what the member
+// serves, which says how large its clients' control frames are.
+func (l *Load) watch(scheme member.Scheme) (<-chan struct{}, bool) {
+	l.control.Store(member.ControlBytes(scheme))
 	ch := l.sent.wait()
 	return ch, !l.resting.Swap(true)
 }

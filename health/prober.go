@@ -26,7 +26,7 @@ type ProbeConfig struct {
 	TLS        member.Policy // for members that serve TLS
 	// Heartbeat is the period of the liveness heartbeat between two probes of a member that is
 	// not down (GET /version, which costs etcd no storage access), sent while the member's
-	// clients send it bytes and for heartbeatLinger after; 0 turns it off. Two heartbeats in a row without an
+	// clients send it requests and for heartbeatLinger after; 0 turns it off. Two heartbeats in a row without an
 	// answer within HeartbeatTimeout (or, pulsed, within the period) make the member down, so
 	// that a frozen member leaves rotation, and its clients are moved, well within the probe
 	// interval. A member without clients is left to its probes.
@@ -37,9 +37,9 @@ type ProbeConfig struct {
 // heartbeatMisses is how many heartbeats in a row must go unanswered.
 const heartbeatMisses = 2
 
-// heartbeatLinger is how long heartbeats go on after a client last sent the member a byte:
+// heartbeatLinger is how long heartbeats go on after a client last sent the member a request:
 // they protect clients that wait on the member. A member whose clients are all silent (idle
-// watches) is left to its probes, and the next byte a client sends resumes its heartbeats.
+// watches) is left to its probes, and the next request a client sends resumes its heartbeats.
 const heartbeatLinger = time.Second
 
 // lateRetries bounds the probes retried at once because the gateway saw their timeout late;
@@ -149,10 +149,10 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 			every = downProbeGap(downFor, p.cfg.Interval, p.cfg.RetryDelay)
 		}
 		canBeat := p.cfg.Heartbeat > 0 && state != Down && p.cfg.Mode != CheckTCP && reachable
-		var arrives <-chan struct{} // a client's first bytes after a rest: heartbeats resume at once
+		var arrives <-chan struct{} // a client's first request after a rest: heartbeats resume at once
 		beat := false
 		if load := snap.LoadOf(p.ep); canBeat && load != nil {
-			ch, sent := load.watch()
+			ch, sent := load.watch(hb.scheme())
 			if sent {
 				p.lastSent = p.now()
 			}

@@ -194,16 +194,6 @@ func (b *balancePolicy) endRound() {
 	b.active = false
 }
 
-// The bytes a client may send along with bytes to it that are no request: an HTTP/2 client
-// (gRPC) answers data with a WINDOW_UPDATE (13 bytes) and a PING (17 bytes) frame, and a
-// member answers the PING. Over TLS they come in one record, with up to 29 bytes of its own
-// (TLS 1.2 with AES-GCM). The smallest etcd request is larger: a HEADERS and a DATA frame of
-// at least 33 bytes, plus its record over TLS.
-const (
-	controlFrameBytes    = 13 + 17
-	controlFrameBytesTLS = controlFrameBytes + 29
-)
-
 // quietness is the rebalancer's record of one connection's traffic, kept by sampling the byte
 // counters the data path keeps anyway: no work per message. Between two samples the order of
 // the bytes is unknown, so a connection is quiet only when the last sample that saw more than

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/etcd-gateway/etcd-gateway/health"
+	"github.com/etcd-gateway/etcd-gateway/member"
 	"github.com/etcd-gateway/etcd-gateway/resolver"
 )
 
@@ -290,7 +291,8 @@ func TestQuietness(t *testing.T) {
 	const quietFor = 2 * time.Second
 	at := time.Unix(100_000, 0)
 	var q quietness
-	step := func(d time.Duration, up, down int64) { at = at.Add(d); q.sample(at, up, down, controlFrameBytes) }
+	plainControl := member.ControlBytes(member.SchemePlain)
+	step := func(d time.Duration, up, down int64) { at = at.Add(d); q.sample(at, up, down, plainControl) }
 	step(0, 100, 100)
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a connection whose last bytes were never seen is quiet")
@@ -307,16 +309,16 @@ func TestQuietness(t *testing.T) {
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a sample that saw bytes both ways counts as quiet")
 	}
-	step(time.Second, 180+controlFrameBytes, 300) // a watch event, its WINDOW_UPDATE and PING, the PING's answer
+	step(time.Second, 180+plainControl, 300) // a watch event, its WINDOW_UPDATE and PING, the PING's answer
 	if !q.quiet(at.Add(quietFor), quietFor) {
 		t.Fatal("bytes to the client with the client's control frames are not quiet")
 	}
-	step(time.Second, 180+2*controlFrameBytes+1, 340) // one byte more than control frames: a request
+	step(time.Second, 180+2*plainControl+1, 340) // one byte more than control frames: a request
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a request sent along with bytes to the client counts as quiet")
 	}
-	step(time.Second, 180+2*controlFrameBytes+1, 400) // the answer
-	step(time.Second, 180+2*controlFrameBytes+1, 400) // nothing moved: the last change stands
+	step(time.Second, 180+2*plainControl+1, 400) // the answer
+	step(time.Second, 180+2*plainControl+1, 400) // nothing moved: the last change stands
 	if !q.quiet(at.Add(time.Second), quietFor) {
 		t.Fatal("a connection whose last change went to the client is not quiet after the quiet time")
 	}

@@ -167,7 +167,7 @@ func (h *half) copy() error {
 		w, err := h.dst.Write((*buf)[:n])
 		h.n.Add(int64(w))
 		h.sum.Add(uint64(w))
-		h.sent.Sent()
+		h.sent.Sent(w)
 		full := n == len(*buf)
 		buffers.Put(buf)
 		if err != nil {

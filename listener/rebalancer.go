@@ -167,11 +167,9 @@ func (r *Rebalancer) sampleConns(now time.Time, eps []resolver.Endpoint, live []
 	var victims []*proxied
 	control := make([]int64, len(eps))
 	for i, ep := range eps {
-		control[i] = controlFrameBytes
-		if r.table.Scheme(ep) == member.SchemeTLS {
-			control[i] = controlFrameBytesTLS
-		}
+		control[i] = member.ControlBytes(r.table.Scheme(ep)) // what a client may send along with bytes to it
 	}
+	unknownControl := member.ControlBytes(member.SchemeUnknown)
 	for _, p := range live {
 		member := -1
 		for i, ep := range eps {
@@ -180,7 +178,7 @@ func (r *Rebalancer) sampleConns(now time.Time, eps []resolver.Endpoint, live []
 				break
 			}
 		}
-		allowance := int64(controlFrameBytes)
+		allowance := unknownControl
 		if member >= 0 {
 			allowance = control[member]
 		}
