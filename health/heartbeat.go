@@ -84,11 +84,12 @@ func (h *heartbeater) beat(ctx context.Context, timeout time.Duration) error {
 // had a whole period to arrive and is read without waiting (or, with a timeout longer than
 // the period, waited for until the timeout), then sends the next heartbeat without waiting
 // for its answer. So a heartbeat costs the gateway one wakeup, and the member's answer is
-// judged against the longer of the period and the timeout (the defaults are equal). An
-// answer missing then is an error, which the prober confirms with a beat. A connection the
-// member closed is replaced by a beat, which waits for its answer.
-func (h *heartbeater) pulse(ctx context.Context, period, timeout time.Duration) error {
-	if err := h.collect(ctx, period, timeout); err != nil {
+// judged against the longer of the time since it was asked (a period, between pulses) and the
+// timeout (the defaults are equal). An answer missing then is an error, which the prober
+// confirms with a beat. A connection the member closed is replaced by a beat, which waits for
+// its answer.
+func (h *heartbeater) pulse(ctx context.Context, timeout time.Duration) error {
+	if err := h.collect(ctx, timeout); err != nil {
 		return err
 	}
 	h.sentAt = h.now()
@@ -102,7 +103,7 @@ func (h *heartbeater) pulse(ctx context.Context, period, timeout time.Duration) 
 }
 
 // collect reads the answer to the pulse in flight, if any, as pulse does, and sends nothing.
-func (h *heartbeater) collect(ctx context.Context, period, timeout time.Duration) error {
+func (h *heartbeater) collect(ctx context.Context, timeout time.Duration) error {
 	if h.session.Pending() {
 		deadline := h.now().Add(h.grace)
 		if due := h.sentAt.Add(timeout); due.After(deadline) {
@@ -112,7 +113,8 @@ func (h *heartbeater) collect(ctx context.Context, period, timeout time.Duration
 		switch {
 		case err == nil:
 		case member.IsTimeout(err):
-			return fmt.Errorf("no answer to heartbeats (GET %s) within %s", heartbeatPath, max(period, timeout))
+			waited := deadline.Sub(h.sentAt).Round(time.Millisecond)
+			return fmt.Errorf("no answer to heartbeats (GET %s) within %s", heartbeatPath, waited)
 		default:
 			return h.beat(ctx, timeout) // the member closed our idle connection: ask anew and wait
 		}

@@ -118,7 +118,7 @@ func TestHeartbeaterPulses(t *testing.T) {
 	defer hb.close()
 	const period = 250 * time.Millisecond
 	for i := range 5 {
-		if err := hb.pulse(context.Background(), period, period); err != nil {
+		if err := hb.pulse(context.Background(), period); err != nil {
 			t.Fatalf("pulse %d: %v", i, err)
 		}
 		if !hb.session.Pending() {
@@ -131,14 +131,14 @@ func TestHeartbeaterPulses(t *testing.T) {
 	}
 	silent.Store(true)
 	const timeout = 50 * time.Millisecond
-	if err := hb.pulse(context.Background(), period, timeout); err != nil {
+	if err := hb.pulse(context.Background(), timeout); err != nil {
 		t.Fatalf("the pulse that reads the last answer: %v", err)
 	}
 	<-requests
 	hb.grace = pulseGrace
-	err := hb.pulse(context.Background(), period, timeout)
-	if err == nil || !strings.Contains(err.Error(), "no answer to heartbeats") {
-		t.Fatalf("pulse after a heartbeat the member did not answer = %v, want no answer", err)
+	err := hb.pulse(context.Background(), timeout)
+	if err == nil || !strings.Contains(err.Error(), "no answer to heartbeats (GET /version) within 50ms") {
+		t.Fatalf("pulse after a heartbeat the member did not answer = %v, want no answer within the 50ms timeout", err)
 	}
 }
 

@@ -187,9 +187,9 @@ func (p *Prober) wait(ctx context.Context, hb *heartbeater, reachable bool, bega
 			case confirm:
 				err = hb.beat(ctx, p.cfg.HeartbeatTimeout)
 			case probeDue:
-				err = hb.collect(ctx, p.cfg.Heartbeat, p.cfg.HeartbeatTimeout) // the probe follows
+				err = hb.collect(ctx, p.cfg.HeartbeatTimeout) // the probe follows
 			default:
-				err = hb.pulse(ctx, p.cfg.Heartbeat, p.cfg.HeartbeatTimeout)
+				err = hb.pulse(ctx, p.cfg.HeartbeatTimeout)
 			}
 			wasConfirm := confirm
 			confirm = false
