@@ -266,11 +266,8 @@ func TestCheckAsksLivenessOnlyWhenReadinessIsSlow(t *testing.T) {
 
 // Heartbeats find a member that stops answering well within the probe interval.
 func TestHeartbeatsFindAFrozenMember(t *testing.T) {
-	var frozen atomic.Bool
-	release := make(chan struct{})
-	defer close(release)
-	stall := freezable(&frozen, release, answer(200, "ok\n"))
-	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": stall, "/livez": stall, "/version": stall}, nil)
+	ep, frozen, release := freezableMember(t)
+	defer release()
 	out := NewReports(4)
 	p := newTestProber(ep, out, ProbeConfig{Mode: CheckReadyz, Interval: time.Hour, Timeout: time.Second, RetryDelay: time.Hour,
 		Rise: 1, Fall: 1, Heartbeat: 50 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond})
@@ -350,11 +347,8 @@ func TestHeartbeatsFindAFrozenMemberOnTheFirstRequestAfterARest(t *testing.T) {
 // A member that freezes just before a probe is due is found by the heartbeat in flight, not by
 // the probe, which would wait out its whole timeout while no heartbeat runs.
 func TestHeartbeatsFindAFrozenMemberBeforeTheNextProbe(t *testing.T) {
-	var frozen atomic.Bool
-	release := make(chan struct{})
-	defer close(release)
-	stall := freezable(&frozen, release, answer(200, "ok\n"))
-	ep := fakeMember(t, map[string]http.HandlerFunc{"/readyz": stall, "/livez": stall, "/version": stall}, nil)
+	ep, frozen, release := freezableMember(t)
+	defer release()
 	out := NewReports(16)
 	// A probe every other heartbeat, each allowed 5 s.
 	p := newTestProber(ep, out, ProbeConfig{Mode: CheckReadyz, Interval: 100 * time.Millisecond, Timeout: 5 * time.Second, RetryDelay: time.Hour,
@@ -380,6 +374,16 @@ func TestHeartbeatsFindAFrozenMemberBeforeTheNextProbe(t *testing.T) {
 	case <-time.After(defaultTestTimeout):
 		t.Fatal("the frozen member was never reported down")
 	}
+}
+
+// freezableMember is a fake member whose every answer stalls once frozen is set, until
+// release is called.
+func freezableMember(t *testing.T) (ep resolver.Endpoint, frozen *atomic.Bool, release func()) {
+	frozen = new(atomic.Bool)
+	stalled := make(chan struct{})
+	stall := freezable(frozen, stalled, answer(200, "ok\n"))
+	ep = fakeMember(t, map[string]http.HandlerFunc{"/readyz": stall, "/livez": stall, "/version": stall}, nil)
+	return ep, frozen, func() { close(stalled) }
 }
 
 // freezable answers with then, unless frozen is set: then it answers nothing until release is
