@@ -40,6 +40,25 @@ type Load struct {
 	smallAt atomic.Int64
 	// slowFrom is when the member's slow start began, in Unix nanoseconds; 0 when none did.
 	slowFrom atomic.Int64
+	// traffic is the gateway's, told of every request to any member; nil for a Load made
+	// outside a Table.
+	traffic *Traffic
+}
+
+// Traffic tells whether clients send requests through the gateway, to any member: the gateway
+// rests while they send none (supervisor's rest), and wakes at the first one. Control frames
+// alone are no request, as for a member's heartbeats. The Table owns the gateway's one
+// Traffic; every Load it makes tells it.
+type Traffic struct {
+	resting atomic.Bool
+	sent    wakeup
+}
+
+// Rest starts a rest: it returns a channel closed at the next request a client sends any
+// member, and whether any was sent since the last Rest (before the first, it says so).
+func (t *Traffic) Rest() (<-chan struct{}, bool) {
+	ch := t.sent.wait()
+	return ch, !t.resting.Swap(true)
 }
 
 // Active returns the connections counted now.
@@ -48,12 +67,24 @@ func (l *Load) Active() int64 { return l.active.Load() }
 // Start counts a connection whose dial starts now.
 func (l *Load) Start() { l.active.Add(1) }
 
-// Sent notes n bytes a client sent the member. While heartbeats run it costs an atomic load;
-// at rest, a write larger than control frames, or small writes that add up to more within
-// burstWindow (a request whose frames came apart), wake the prober. A nil Load notes nothing.
+// Sent notes n bytes a client sent the member. While heartbeats run and the gateway is busy it
+// costs two atomic loads; at rest, a write larger than control frames, or small writes that
+// add up to more within burstWindow (a request whose frames came apart), wake the prober, and
+// the gateway. A nil Load notes nothing.
 func (l *Load) Sent(n int) {
-	if l != nil && l.resting.Load() && l.isRequest(n) && l.resting.CompareAndSwap(true, false) {
+	if l == nil {
+		return
+	}
+	memberRests := l.resting.Load()
+	gatewayRests := l.traffic != nil && l.traffic.resting.Load()
+	if !(memberRests || gatewayRests) || !l.isRequest(n) {
+		return
+	}
+	if memberRests && l.resting.CompareAndSwap(true, false) {
 		l.sent.fire()
+	}
+	if gatewayRests && l.traffic.resting.CompareAndSwap(true, false) {
+		l.traffic.sent.fire()
 	}
 }
 
@@ -66,6 +97,9 @@ const burstWindow = 100 * time.Millisecond
 // decides whether heartbeats start a little sooner.
 func (l *Load) isRequest(n int) bool {
 	control := l.control.Load()
+	if control == 0 { // the prober has not said the member's scheme (its heartbeats never ran)
+		control = member.ControlBytes(member.SchemeUnknown)
+	}
 	if int64(n) > control {
 		return true
 	}

@@ -174,9 +174,10 @@ func (s *Snapshot) Changed() <-chan struct{} { return s.changed }
 // probe that changes no state makes a new View around the same Snapshot, so that it wakes only
 // those waiting for probes (Probed), not everyone waiting for a change.
 type Table struct {
-	cur    atomic.Pointer[View]
-	loads  map[resolver.HostPort]*Load // written by the Manager only, which hands them to snapshots
-	probed wakeup                      // fired when a probe is recorded
+	cur     atomic.Pointer[View]
+	loads   map[resolver.HostPort]*Load // written by the Manager only, which hands them to snapshots
+	probed  wakeup                      // fired when a probe is recorded
+	traffic Traffic                     // told by every Load of the table
 }
 
 // View is one consistent reading of the Table: a Snapshot and the last probes as they were
@@ -270,7 +271,7 @@ func (t *Table) forgetProbes(hp resolver.HostPort) {
 func (t *Table) loadOf(hp resolver.HostPort) *Load {
 	l := t.loads[hp]
 	if l == nil {
-		l = &Load{}
+		l = &Load{traffic: &t.traffic}
 		t.loads[hp] = l
 	}
 	return l
@@ -290,6 +291,9 @@ func NewTable() *Table {
 	t.cur.Store(&View{snap: NewSnapshot(nil, nil, nil), probes: map[resolver.HostPort]Probe{}})
 	return t
 }
+
+// Traffic returns the gateway's Traffic: requests to any member of the table.
+func (t *Table) Traffic() *Traffic { return &t.traffic }
 
 // Load returns the current Snapshot.
 func (t *Table) Load() *Snapshot { return t.cur.Load().snap }

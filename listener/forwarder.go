@@ -28,11 +28,10 @@ type Forwarder struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	counters  *counters
-	occupancy chan<- struct{} // told when the first connection comes and when the last goes
-	mu        sync.Mutex
-	live      map[*proxied]struct{} // every forwarded connection
-	shutdown  bool                  // Shutdown has closed the live connections; take no more
+	counters *counters
+	mu       sync.Mutex
+	live     map[*proxied]struct{} // every forwarded connection
+	shutdown bool                  // Shutdown has closed the live connections; take no more
 }
 
 // Counters returns the counters of every address the Forwarder has forwarded to, but for
@@ -47,23 +46,19 @@ type ForwarderConfig struct {
 	// nil keeps every address's counters.
 	Known func(resolver.HostPort) bool
 	Now   func() time.Time // the clock of the counters' retention; nil is time.Now
-	// Occupancy is told, by a send that never blocks, whenever the forwarder gains its first
-	// live connection or loses its last (read Active to know which); nil tells nothing.
-	Occupancy chan<- struct{}
-	Log       *zap.Logger
+	Log   *zap.Logger
 }
 
 // NewForwarder returns a Forwarder of cfg.
 func NewForwarder(cfg ForwarderConfig) *Forwarder {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Forwarder{
-		dial:      cfg.Dial,
-		counters:  newCounters(cfg.Known, cfg.Now),
-		occupancy: cfg.Occupancy,
-		log:       cfg.Log.Named("listener"),
-		ctx:       ctx,
-		cancel:    cancel,
-		live:      make(map[*proxied]struct{}),
+		dial:     cfg.Dial,
+		counters: newCounters(cfg.Known, cfg.Now),
+		log:      cfg.Log.Named("listener"),
+		ctx:      ctx,
+		cancel:   cancel,
+		live:     make(map[*proxied]struct{}),
 	}
 }
 
@@ -137,19 +132,7 @@ func (f *Forwarder) track(p *proxied) bool {
 	}
 	f.live[p] = struct{}{}
 	p.counts = f.counters.start(p.endpoint.HostPort())
-	if len(f.live) == 1 {
-		f.tellOccupancy()
-	}
 	return true
-}
-
-// tellOccupancy tells Occupancy that the forwarder gained its first live connection or lost
-// its last. Call it with f.mu held.
-func (f *Forwarder) tellOccupancy() {
-	select {
-	case f.occupancy <- struct{}{}:
-	default: // a word is waiting already; the reader reads Active
-	}
 }
 
 // evictionPace is the pause between two evicted connections: a few clients move at once, and
@@ -218,9 +201,6 @@ func (f *Forwarder) untrack(p *proxied) {
 	if _, ok := f.live[p]; ok {
 		p.counts.end()
 		delete(f.live, p)
-		if len(f.live) == 0 {
-			f.tellOccupancy()
-		}
 	}
 	f.mu.Unlock()
 }

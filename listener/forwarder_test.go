@@ -4,7 +4,6 @@ import (
 	"net"
 	"sync"
 	"testing"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -55,52 +54,4 @@ func TestCountersWhileConnectionsStart(t *testing.T) {
 	if got := fwd.Counters()[resolver.HostPort{Host: "backend"}].Total; got != 50 {
 		t.Fatalf("connections counted = %d, want 50", got)
 	}
-}
-
-// The Forwarder tells Occupancy when its first connection comes and when its last goes, and
-// not for the connections in between.
-func TestForwarderTellsOccupancy(t *testing.T) {
-	backend := testnet.Echo(t)
-	occupancy := make(chan struct{}, 1)
-	fwd := NewForwarder(ForwarderConfig{Dial: dialTo(backend.Addr()), Occupancy: occupancy, Log: zap.NewNop()})
-	defer fwd.Shutdown(defaultTestTimeout, nil)
-	front := testnet.LocalListener(t)
-	connect := func() net.Conn {
-		c, err := net.Dial("tcp", front.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		accepted, err := front.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		fwd.Forward(accepted)
-		roundTrip(t, c, "tracked") // answered: the connection is live
-		return c
-	}
-	await := func(wantActive int) {
-		t.Helper()
-		select {
-		case <-occupancy:
-		case <-time.After(defaultTestTimeout):
-			t.Fatalf("Occupancy not told, want it told with %d live", wantActive)
-		}
-		if !testnet.Eventually(defaultTestTimeout, func() bool { return fwd.Active() == wantActive }) {
-			t.Fatalf("%d live after Occupancy was told, want %d", fwd.Active(), wantActive)
-		}
-	}
-	first := connect()
-	await(1)
-	second := connect()
-	second.Close()
-	if !testnet.Eventually(defaultTestTimeout, func() bool { return fwd.Active() == 1 }) {
-		t.Fatalf("%d live after the second connection closed, want 1", fwd.Active())
-	}
-	select {
-	case <-occupancy:
-		t.Fatal("Occupancy told of a second connection, or of its end while the first lives")
-	default:
-	}
-	first.Close()
-	await(0)
 }

@@ -96,8 +96,7 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 		}
 	}
 	known := func(hp resolver.HostPort) bool { return table.Load().Knows(hp) }
-	occupancy := make(chan struct{}, 1)
-	fwd := listener.NewForwarder(listener.ForwarderConfig{Dial: dial.Dial, Known: known, Occupancy: occupancy, Log: log})
+	fwd := listener.NewForwarder(listener.ForwarderConfig{Dial: dial.Dial, Known: known, Log: log})
 
 	hook := EventHook(log)
 	tree := suture.New("gateway", suture.Spec{EventHook: hook})
@@ -119,8 +118,8 @@ func New(ctx context.Context, plan *Plan) (gw *Gateway, err error) {
 		tree.Add(wrap(memberList))
 	}
 	tree.Add(wrap(&notifier{table: table, log: log.Named("supervisor")}))
-	if !userTunesMemory() {
-		tree.Add(wrap(newIdleMemory(fwd.Active, occupancy, log)))
+	if gc, procs := restKnobs(); gc || procs {
+		tree.Add(wrap(newRest(table.Traffic(), gc, procs, log)))
 	}
 	var statusTree *suture.Supervisor
 	var statusSrv *status.Server
