@@ -9,10 +9,8 @@ package status
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -87,14 +85,14 @@ func New(ln *net.TCPListener, src Sources, dials *DialMetrics, log *zap.Logger) 
 // String names the service in supervisor events.
 func (s *Server) String() string { return "status/" + s.ln.Addr().String() }
 
-// Handler returns the server's routes.
-func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", s.metrics)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.HandleFunc("GET /status", s.status)
-	return mux
+// routes are the server's paths and their answers.
+func (s *Server) routes() map[string]route {
+	return map[string]route{
+		"/metrics": s.metrics,
+		"/healthz": func(r *reply) { fmt.Fprintln(r, "ok") },
+		"/readyz":  s.readyz,
+		"/status":  s.status,
+	}
 }
 
 // Serve answers until ctx ends.
@@ -102,55 +100,25 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.ln.SetDeadline(time.Time{}); err != nil {
 		return fmt.Errorf("reset accept deadline: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       time.Minute,
-		ErrorLog:          zap.NewStdLog(s.log),
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(keepOpen{s.ln}) }()
-	select {
-	case err := <-done:
-		return fmt.Errorf("status server on %s: %w", s.ln.Addr(), err)
-	case <-ctx.Done():
-	}
-	shutCtx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		srv.Close()
-	}
-	if err := <-done; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return ctx.Err()
+	return s.serveHTTP(ctx, s.routes())
 }
-
-// keepOpen stops the HTTP server's accept loop on Close without closing the socket, so that a
-// restarted Server serves on the same port.
-type keepOpen struct{ *net.TCPListener }
-
-func (k keepOpen) Close() error { return k.SetDeadline(time.Unix(1, 0)) }
 
 // metrics answers with every family in Prometheus' text format: the gateway's, then the Go
 // runtime's and the process's. A process family whose source cannot be read is left out and
 // the scrape of everything else still answers 200.
-func (s *Server) metrics(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) metrics(r *reply) {
 	var e exposition
 	s.gateway.addTo(&e)
 	addGoFamilies(&e)
 	addProcessFamilies(&e)
-	w.Header().Set("Content-Type", contentType)
-	if _, err := w.Write(e.bytes()); err != nil {
-		s.log.Debug("writing /metrics failed", zap.Error(err))
-	}
+	r.contentType = contentType
+	r.Write(e.bytes())
 }
 
 // readyz answers 200 when at least one endpoint is healthy, 503 with the reason otherwise.
-func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) readyz(w *reply) {
 	if s.draining.Load() {
-		w.WriteHeader(http.StatusServiceUnavailable)
+		w.status = 503
 		fmt.Fprintln(w, "not ready: draining")
 		return
 	}
@@ -159,7 +127,7 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "ok: %d of %d endpoints healthy\n", snap.HealthyCount(), len(snap.Known()))
 		return
 	}
-	w.WriteHeader(http.StatusServiceUnavailable)
+	w.status = 503
 	if len(snap.Known()) == 0 {
 		fmt.Fprintln(w, "not ready: no endpoint known yet")
 		return
@@ -221,7 +189,7 @@ type ProbeJSON struct {
 	Reason string    `json:"reason,omitempty"`
 }
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) status(w *reply) {
 	view := s.src.Table.View()
 	snap := view.Snapshot()
 	counters := s.src.Forwarder.Counters()
@@ -258,10 +226,10 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 		}
 		rep.Endpoints = append(rep.Endpoints, er)
 	}
-	w.Header().Set("Content-Type", "application/json")
+	w.contentType = "application/json"
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(rep); err != nil {
-		s.log.Debug("writing /status failed", zap.Error(err))
+		s.log.Error("encoding /status failed", zap.Error(err)) // a bug: the document is ours
 	}
 }

@@ -93,13 +93,13 @@ func (r *rest) Serve(ctx context.Context) error {
 
 // enter turns the knobs to rest and returns what turns them back.
 func (r *rest) enter() (wake func()) {
+	if r.tuneProcs {
+		r.setMaxProcs(1) // first: the caches of the processors it drops are freed below
+	}
 	gcPercent := 0
 	if r.tuneGC {
 		gcPercent = r.setGCPercent(restGCPercent)
 		r.freeOSMemory() // what the busy time left unused goes back at once
-	}
-	if r.tuneProcs {
-		r.setMaxProcs(1)
 	}
 	r.log.Debug("no request for a while: resting", zap.Duration("quiet_for", restAfter),
 		zap.Bool("gc_tuned", r.tuneGC), zap.Bool("one_processor", r.tuneProcs))
