@@ -91,12 +91,14 @@ bench-faults: build etcd haproxy
 	cd bench && $(GO) run ./run -suite faults -gateway ../bin/etcd-gateway -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy)
 
 ## bench-idle: what etcd-gateway, etcd's gateway and HAProxy cost the host and the members while
-## idle, side by side (about 14 minutes; PHASE=60s per phase, LONG=10m for the last RSS reading);
-## BASELINE=path/to/an/earlier/etcd-gateway adds that build
+## idle, side by side (about 20 minutes; each phase settles for SETTLE=60s, then is measured for
+## PHASE=60s; LONG=10m for the last RSS reading); BASELINE=path/to/an/earlier/etcd-gateway adds
+## that build
 PHASE ?= 60s
+SETTLE ?= 60s
 LONG ?= 10m
 bench-idle: build etcd haproxy
-	cd bench && $(GO) run ./run -suite idle -gateway ../bin/etcd-gateway -baseline "$(BASELINE)" -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy) -phase $(PHASE) -long $(LONG)
+	cd bench && $(GO) run ./run -suite idle -gateway ../bin/etcd-gateway -baseline "$(BASELINE)" -etcd ../e2e/bin/etcd -haproxy $$(command -v haproxy) -settle $(SETTLE) -phase $(PHASE) -long $(LONG)
 
 ## profile-idle: CPU and allocation profiles of an idle etcd-gateway for PHASE, plain and TLS
 ## members, into profiles/

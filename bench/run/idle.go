@@ -23,7 +23,10 @@ import (
 // the proxy's probes cost it. Probes are every second for both proxies that probe. The phases
 // follow each other in one window for all proxies, first with plain members, then with TLS
 // members: no client; two clients that each hold an idle watch; then one member killed (its
-// port refusing) with the two clients still there.
+// port refusing) with the two clients still there. Each phase is measured after it settled:
+// what a change of phase set off (clients connecting, reconnecting from the killed member)
+// is over, and the proxies are in the state they keep while nothing changes, which is most of
+// an idle host's life.
 
 // idleCandidate is a proxy of the idle suite.
 type idleCandidate struct {
@@ -107,7 +110,7 @@ func (t *idleTable) set(row, proxy, value string) {
 	t.cells[row][proxy] = value
 }
 
-func runIdle(gateway, baseline, etcd, haproxy, work string, window, long time.Duration) {
+func runIdle(gateway, baseline, etcd, haproxy, work string, settle, window, long time.Duration) {
 	candidates := idleCandidates(gateway, baseline, etcd, haproxy, work)
 	var table idleTable
 	for _, certs := range []*memberCerts{nil, writeMemberCerts(work)} {
@@ -115,7 +118,7 @@ func runIdle(gateway, baseline, etcd, haproxy, work string, window, long time.Du
 		if certs != nil {
 			kind = "TLS"
 		}
-		if err := idleRun(&table, candidates, etcd, certs, kind, window, long); err != nil {
+		if err := idleRun(&table, candidates, etcd, certs, kind, settle, window, long); err != nil {
 			fail(err)
 		}
 	}
@@ -133,7 +136,7 @@ func runIdle(gateway, baseline, etcd, haproxy, work string, window, long time.Du
 
 // idleRun runs the three phases with members of one kind (plain or TLS), and, with TLS
 // members, reads every proxy's RSS again once it has run for long.
-func idleRun(table *idleTable, candidates []idleCandidate, etcd string, certs *memberCerts, kind string, window, long time.Duration) error {
+func idleRun(table *idleTable, candidates []idleCandidate, etcd string, certs *memberCerts, kind string, settle, window, long time.Duration) error {
 	var setups []*idleSetup
 	defer func() {
 		for _, s := range setups {
@@ -170,7 +173,7 @@ func idleRun(table *idleTable, candidates []idleCandidate, etcd string, certs *m
 		table.set(kind+" members: RSS 2 s after start", s.name, mib(rssKiB(s.pid())))
 	}
 
-	idlePhase(table, setups, kind+" members, no client", certs, window)
+	idlePhase(table, setups, kind+" members, no client", certs, settle, window)
 	for _, s := range setups {
 		for range 2 {
 			cl, err := idleWatcher(s.addr, certs)
@@ -180,12 +183,12 @@ func idleRun(table *idleTable, candidates []idleCandidate, etcd string, certs *m
 			s.clients = append(s.clients, cl)
 		}
 	}
-	idlePhase(table, setups, kind+" members, 2 idle watch clients", certs, window)
+	idlePhase(table, setups, kind+" members, 2 idle watch clients", certs, settle, window)
 	for _, s := range setups {
 		s.taps[0].stop() // the port refuses, as a dead member's
 		s.cluster.members[0].proc.kill()
 	}
-	idlePhase(table, setups, kind+" members, one member killed, 2 idle watch clients", certs, window)
+	idlePhase(table, setups, kind+" members, one member killed, 2 idle watch clients", certs, settle, window)
 	if certs == nil || long <= 0 {
 		return nil
 	}
@@ -203,10 +206,11 @@ func idleRun(table *idleTable, candidates []idleCandidate, etcd string, certs *m
 	return nil
 }
 
-// idlePhase measures every proxy over window: CPU, what its probes cost each live member, and
-// its RSS at the end.
-func idlePhase(table *idleTable, setups []*idleSetup, phase string, certs *memberCerts, window time.Duration) {
-	fmt.Fprintf(os.Stderr, "%s: %s ...\n", phase, window)
+// idlePhase measures every proxy over window, once settle has passed: CPU, what its probes
+// cost each live member, and its RSS at the end.
+func idlePhase(table *idleTable, setups []*idleSetup, phase string, certs *memberCerts, settle, window time.Duration) {
+	fmt.Fprintf(os.Stderr, "%s: settling for %s, then %s ...\n", phase, settle, window)
+	time.Sleep(settle) // what the change of phase set off is over: no state to wait for in a proxy of another make
 	type mark struct {
 		cpu                  time.Duration
 		conns, full, resumed int64

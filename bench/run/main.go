@@ -40,6 +40,7 @@ func main() {
 	listen := flag.String("listen", "", "echo: comma-separated addresses to serve")
 	profiles := flag.String("profiles", "profiles", "idle-profile: where the profiles are written")
 	phase := flag.Duration("phase", time.Minute, "idle: how long each phase is measured")
+	settle := flag.Duration("settle", time.Minute, "idle: how long each phase runs before it is measured")
 	long := flag.Duration("long", 10*time.Minute, "idle: with TLS members, read the RSS again once each proxy has run this long; 0: do not")
 	flag.Parse()
 	work, err := os.MkdirTemp("", "etcd-gateway-bench")
@@ -53,7 +54,7 @@ func main() {
 	case "forward":
 		runForward(*gateway, *baseline, *etcd, *haproxy, work, *parts, *reps)
 	case "idle":
-		runIdle(*gateway, *baseline, *etcd, *haproxy, work, *phase, *long)
+		runIdle(*gateway, *baseline, *etcd, *haproxy, work, *settle, *phase, *long)
 	case "idle-profile":
 		runIdleProfile(*gateway, *etcd, work, *profiles, *phase)
 	case "echo":
