@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
+	"net/http"
 	"sync"
 	"time"
 
@@ -18,10 +18,10 @@ import (
 )
 
 // The status server speaks just enough HTTP/1.1 for its four GET routes, by hand, as the
-// member package's client does: net/http's server and what it brings (HTTP/2, MIME,
-// international domain names) were a ninth of the binary, and every page of the binary is
-// resident for the gateway's whole life. Each request gets its answer on its own connection,
-// which then closes.
+// member package's client does; net/http lends only its status codes and texts. Its server
+// and what that brings (HTTP/2, MIME, international domain names) were a ninth of the
+// binary, and every page of the binary is resident for the gateway's whole life. Each request
+// gets its answer on its own connection, which then closes.
 const (
 	// requestHeadLimit bounds the request line and headers together.
 	requestHeadLimit = 8 << 10
@@ -91,24 +91,28 @@ func (s *Server) answer(ctx context.Context, c *net.TCPConn, routes map[string]r
 	defer stop()
 	c.SetReadDeadline(time.Now().Add(readHeadTimeout))
 	method, path, err := readRequestHead(bufio.NewReaderSize(c, requestHeadLimit))
-	rep := &reply{status: 200, contentType: "text/plain; charset=utf-8"}
+	rep := &reply{status: http.StatusOK, contentType: "text/plain; charset=utf-8"}
 	switch r, known := routes[path]; {
 	case errors.Is(err, errBadRequest):
-		rep.status = 400
+		rep.status = http.StatusBadRequest
 		fmt.Fprintln(rep, "400 Bad Request:", err)
 	case err != nil:
 		return // the client left or took too long: no one to answer
 	case method != "GET" && method != "HEAD":
-		rep.status = 405
+		rep.status = http.StatusMethodNotAllowed
 		fmt.Fprintln(rep, "Method Not Allowed")
 	case !known:
-		rep.status = 404
+		rep.status = http.StatusNotFound
 		fmt.Fprintln(rep, "404 page not found")
 	default:
 		r(rep)
 	}
 	c.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := c.Write(rep.bytes(method == "HEAD")); err != nil {
+	answer := net.Buffers{rep.head()}
+	if method != "HEAD" {
+		answer = append(answer, rep.Bytes())
+	}
+	if _, err := answer.WriteTo(c); err != nil {
 		s.log.Debug("writing an answer failed", zap.String("path", path), zap.Error(err))
 		return
 	}
@@ -120,36 +124,16 @@ func (s *Server) answer(ctx context.Context, c *net.TCPConn, routes map[string]r
 	io.CopyN(io.Discard, c, lingerLimit)
 }
 
-// bytes returns the whole answer, with its body unless head (a HEAD request's).
-func (r *reply) bytes(head bool) []byte {
+// head returns the answer's status line and headers.
+func (r *reply) head() []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n",
-		r.status, statusText(r.status), r.contentType, r.Len())
-	if r.status == 405 {
+		r.status, http.StatusText(r.status), r.contentType, r.Len())
+	if r.status == http.StatusMethodNotAllowed {
 		b.WriteString("Allow: GET, HEAD\r\n")
 	}
 	b.WriteString("\r\n")
-	if !head {
-		b.Write(r.Buffer.Bytes())
-	}
 	return b.Bytes()
-}
-
-// statusText is the reason phrase of the statuses the server answers with.
-func statusText(code int) string {
-	switch code {
-	case 200:
-		return "OK"
-	case 400:
-		return "Bad Request"
-	case 404:
-		return "Not Found"
-	case 405:
-		return "Method Not Allowed"
-	case 503:
-		return "Service Unavailable"
-	}
-	return "Status " + strconv.Itoa(code)
 }
 
 // readRequestHead reads a request line and its headers, at most requestHeadLimit bytes, and

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -118,7 +119,7 @@ func (s *Server) metrics(r *reply) {
 // readyz answers 200 when at least one endpoint is healthy, 503 with the reason otherwise.
 func (s *Server) readyz(w *reply) {
 	if s.draining.Load() {
-		w.status = 503
+		w.status = http.StatusServiceUnavailable
 		fmt.Fprintln(w, "not ready: draining")
 		return
 	}
@@ -127,7 +128,7 @@ func (s *Server) readyz(w *reply) {
 		fmt.Fprintf(w, "ok: %d of %d endpoints healthy\n", snap.HealthyCount(), len(snap.Known()))
 		return
 	}
-	w.status = 503
+	w.status = http.StatusServiceUnavailable
 	if len(snap.Known()) == 0 {
 		fmt.Fprintln(w, "not ready: no endpoint known yet")
 		return
