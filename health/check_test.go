@@ -505,7 +505,7 @@ func TestHeartbeatsOnlyWhileTheMemberHasClients(t *testing.T) {
 		t.Fatal("heartbeats go on while the member's only client is silent")
 	}
 	before := beats.Load()
-	ping := int(member.ControlBytes(member.SchemePlain)) // a keepalive PING, a WINDOW_UPDATE: no request
+	ping := int(member.ClientControlBytes(member.SchemePlain)) // a keepalive PING, a WINDOW_UPDATE: no request
 	for range 3 {
 		load.Sent(ping)
 		apart := time.NewTimer(burstWindow + 20*time.Millisecond) // keepalives come seconds apart: pacing

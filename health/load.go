@@ -33,7 +33,7 @@ type Load struct {
 	resting atomic.Bool
 	sent    wakeup
 	// control is the most bytes a burst of control frames to the member takes
-	// (member.ControlBytes of its scheme, set by watch); small and smallAt are the bytes of
+	// (member.ClientControlBytes of its scheme, set by watch); small and smallAt are the bytes of
 	// the current burst of small writes and when its last write came, in Unix nanoseconds.
 	control atomic.Int64
 	small   atomic.Int64
@@ -98,7 +98,7 @@ const burstWindow = 100 * time.Millisecond
 func (l *Load) isRequest(n int) bool {
 	control := l.control.Load()
 	if control == 0 { // the prober has not said the member's scheme (its heartbeats never ran)
-		control = member.ControlBytes(member.SchemeUnknown)
+		control = member.ClientControlBytes(member.SchemeUnknown)
 	}
 	if int64(n) > control {
 		return true
@@ -115,7 +115,7 @@ func (l *Load) isRequest(n int) bool {
 // any was sent since the last watch (before the first, it says so). scheme is what the member
 // serves, which says how large its clients' control frames are.
 func (l *Load) watch(scheme member.Scheme) (<-chan struct{}, bool) {
-	l.control.Store(member.ControlBytes(scheme))
+	l.control.Store(member.ClientControlBytes(scheme))
 	ch := l.sent.wait()
 	return ch, !l.resting.Swap(true)
 }

@@ -26,13 +26,13 @@ func TestTrafficWakesAtTheFirstRequest(t *testing.T) {
 		default:
 		}
 	}
-	ping := int(member.ControlBytes(member.SchemeUnknown)) // a keepalive PING, a WINDOW_UPDATE
+	ping := int(member.ClientControlBytes(member.SchemeUnknown)) // a keepalive PING, a WINDOW_UPDATE
 	loadOf(1).Sent(ping)
 	asleep("a control frame")
 
 	member2 := loadOf(2)
 	member2.watch(member.SchemeTLS) // the member's heartbeats rest too; over TLS, control frames are larger
-	member2.Sent(int(member.ControlBytes(member.SchemeTLS)))
+	member2.Sent(int(member.ClientControlBytes(member.SchemeTLS)))
 	asleep("a control frame over TLS")
 	if _, sent := traffic.Rest(); sent {
 		t.Fatal("the next Rest says a request came, after control frames alone")

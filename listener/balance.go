@@ -4,6 +4,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"time"
+
+	"github.com/etcd-gateway/etcd-gateway/member"
 )
 
 // Rebalancing policy. The figures are documented in the README.
@@ -205,11 +207,26 @@ type quietness struct {
 	up, down  int64     // the counters at the last sample
 	changedAt time.Time // when a sample last saw them change
 	toClient  bool      // that sample saw bytes to the client alone
+	// asked: a sample saw a request, and none saw its answer since. Until an answer, the
+	// member's own control frames (its answer to the client's PING, its WINDOW_UPDATE and
+	// PING for the request's DATA) may come alone, seconds before it.
+	asked bool
 }
 
-// sample records the counters up and down seen at now; control is how many bytes from the
-// client count as control frames along with bytes to it.
-func (q *quietness) sample(now time.Time, up, down, control int64) {
+// controlAllowance is how many bytes of HTTP/2 control frames alone each side of a connection
+// may send in one sample without it saying anything about a request in flight.
+type controlAllowance struct {
+	client int64 // member.ClientControlBytes: from the client, along with bytes to it
+	member int64 // member.MemberControlBytes: from the member, while a request is in flight
+}
+
+// controlAllowanceOf returns the allowance for a member that serves scheme.
+func controlAllowanceOf(scheme member.Scheme) controlAllowance {
+	return controlAllowance{client: member.ClientControlBytes(scheme), member: member.MemberControlBytes(scheme)}
+}
+
+// sample records the counters up and down seen at now, with control frames up to allow.
+func (q *quietness) sample(now time.Time, up, down int64, allow controlAllowance) {
 	if !q.sampled {
 		q.sampled, q.up, q.down, q.changedAt = true, up, down, now
 		return // what came before is unknown: not quiet until it moves
@@ -217,15 +234,16 @@ func (q *quietness) sample(now time.Time, up, down, control int64) {
 	if up == q.up && down == q.down {
 		return
 	}
+	toClient := down - q.down
 	switch {
-	case up-q.up > control, up != q.up && down == q.down:
-		q.toClient = false // a request, or a piece of one: bytes from the client alone
-	case down-q.down > control:
-		q.toClient = true // an answer or an event, with the client's control frames at most
+	case up-q.up > allow.client, up != q.up && down == q.down:
+		q.toClient, q.asked = false, true // a request, or a piece of one: bytes from the client alone
+	case toClient > allow.member, !q.asked && toClient > allow.client:
+		q.toClient, q.asked = true, false // an answer or an event, with the client's control frames at most
 	}
-	// Control frames both ways in one sample (a PING a member sends before a slow answer and
-	// its answer, keepalives), or from the member alone, say nothing about a request in
-	// flight: whether one is stays as it was.
+	// Control frames both ways in one sample (keepalives, a PING and its answer), or from the
+	// member alone while a request is in flight, say nothing about it: whether one is stays as
+	// it was.
 	q.changedAt, q.up, q.down = now, up, down
 }
 

@@ -291,56 +291,57 @@ func TestQuietness(t *testing.T) {
 	const quietFor = 2 * time.Second
 	at := time.Unix(100_000, 0)
 	var q quietness
-	plainControl := member.ControlBytes(member.SchemePlain)
-	step := func(d time.Duration, up, down int64) { at = at.Add(d); q.sample(at, up, down, plainControl) }
+	plainControl := member.ClientControlBytes(member.SchemePlain)
+	allow := controlAllowanceOf(member.SchemePlain)
+	step := func(d time.Duration, up, down int64) { at = at.Add(d); q.sample(at, up, down, allow) }
 	step(0, 100, 100)
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a connection whose last bytes were never seen is quiet")
 	}
-	step(time.Second, 100, 150) // an answer, or a watch event
+	step(time.Second, 100, 170) // an answer, or a watch event
 	if q.quiet(at.Add(quietFor-time.Millisecond), quietFor) || !q.quiet(at.Add(quietFor), quietFor) {
 		t.Fatal("bytes to the client then silence for the quiet time: not judged quiet")
 	}
-	step(time.Second, 140, 150) // a request, not yet answered
+	step(time.Second, 140, 170) // a request, not yet answered
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a request in flight is quiet")
 	}
-	step(time.Second, 180, 200) // a request and bytes to the client in one sample: the order is unknown
+	step(time.Second, 180, 240) // a request and bytes to the client in one sample: the order is unknown
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a sample that saw bytes both ways counts as quiet")
 	}
-	step(time.Second, 180+plainControl, 300) // a watch event, its WINDOW_UPDATE and PING, the PING's answer
+	step(time.Second, 180+plainControl, 310) // a watch event, its WINDOW_UPDATE and PING, the PING's answer
 	if !q.quiet(at.Add(quietFor), quietFor) {
 		t.Fatal("bytes to the client with the client's control frames are not quiet")
 	}
-	step(time.Second, 180+2*plainControl+1, 340) // one byte more than control frames: a request
+	step(time.Second, 180+2*plainControl+1, 350) // one byte more than control frames: a request
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a request sent along with bytes to the client counts as quiet")
 	}
-	step(time.Second, 180+2*plainControl+1, 400) // the answer
-	step(time.Second, 180+2*plainControl+1, 400) // nothing moved: the last change stands
+	step(time.Second, 180+2*plainControl+1, 420) // the answer
+	step(time.Second, 180+2*plainControl+1, 420) // nothing moved: the last change stands
 	if !q.quiet(at.Add(time.Second), quietFor) {
 		t.Fatal("a connection whose last change went to the client is not quiet after the quiet time")
 	}
 	// A slow request: the member acknowledges it with a PING (gRPC's BDP estimate) and answers
 	// seconds later. Control frames both ways say nothing about the request in flight.
-	step(time.Second, 300, 400)    // a request
-	step(time.Second, 300+17, 417) // the member's PING and the client's answer to it
+	step(time.Second, 300, 420)    // a request
+	step(time.Second, 300+17, 437) // the member's PING and the client's answer to it
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a request in flight is quiet once the member sent a PING before its answer")
 	}
-	step(time.Second, 300+17, 500) // the answer
+	step(time.Second, 300+17, 520) // the answer
 	if !q.quiet(at.Add(quietFor), quietFor) {
 		t.Fatal("the answer to a slow request, then silence for the quiet time: not judged quiet")
 	}
-	step(time.Second, 300+34, 517) // a keepalive PING each way: still quiet since the answer
+	step(time.Second, 300+34, 537) // a keepalive PING each way: still quiet since the answer
 	if !q.quiet(at.Add(quietFor), quietFor) {
 		t.Fatal("keepalive PINGs after an answer made the connection busy")
 	}
 	// A small request whose HEADERS and DATA frames fall in two samples, each no larger than
 	// control frames: bytes from the client alone are a request.
-	step(time.Second, 334+24, 517)
-	step(time.Millisecond, 334+48, 517)
+	step(time.Second, 334+24, 537)
+	step(time.Millisecond, 334+48, 537)
 	if q.quiet(at.Add(time.Hour), quietFor) {
 		t.Fatal("a request sent in two small pieces is quiet")
 	}
@@ -360,5 +361,76 @@ func TestBalanceViewHoldsOnlyHealthyMembers(t *testing.T) {
 	snap = health.NewSnapshot(eps[:2], []health.State{health.Degraded, health.Degraded}, nil)
 	if got, _ := balanceView(snap); len(got) != 0 {
 		t.Fatalf("with no member healthy, balanced between %v, want none", got)
+	}
+}
+
+// A Put sent right after the answer to the one before, as recorded between etcd 3.6 and
+// clientv3: the client sends its WINDOW_UPDATE and PING for that answer and the Put (41
+// bytes); the member at once answers the PING and sends a WINDOW_UPDATE and a PING of its own
+// for the Put's DATA frame (47 bytes), which the client answers; then its answer (63 bytes)
+// when the Put is committed. Behind a slow link or a slow commit the two reach the client
+// seconds apart: the control frames alone are no answer, and the Put stays in flight until its
+// answer.
+func TestQuietnessWaitsForTheAnswerBehindTheMembersControlFrames(t *testing.T) {
+	const quietFor = 2 * time.Second
+	for _, tc := range []struct {
+		scheme member.Scheme
+		record int64 // bytes of a TLS record around frames, 0 for plain
+	}{{member.SchemePlain, 0}, {member.SchemeTLS, 29}} {
+		t.Run(tc.scheme.String(), func(t *testing.T) {
+			at := time.Unix(100_000, 0)
+			var q quietness
+			step := func(d time.Duration, up, down int64) {
+				at = at.Add(d)
+				q.sample(at, up, down, controlAllowanceOf(tc.scheme))
+			}
+			up, down := int64(1000), int64(1000)
+			step(0, up, down)
+			down += 63 + tc.record // the answer to the Put before
+			step(time.Second, up, down)
+			up += 30 + 41 + tc.record // the client's WINDOW_UPDATE and PING for it, and the next Put
+			step(10*time.Millisecond, up, down)
+			down += 17 + tc.record      // the member answers the PING...
+			down += 13 + 17 + tc.record // ...and sends a WINDOW_UPDATE and a PING for the Put, in two records
+			up += 17 + tc.record        // the client answers the member's PING
+			step(3*time.Second, up, down)
+			if q.quiet(at.Add(time.Hour), quietFor) {
+				t.Fatal("a Put whose member sent only control frames so far is quiet: it would be cut")
+			}
+			down += 63 + tc.record // the Put's answer, at last
+			step(3*time.Second, up, down)
+			if tc.scheme == member.SchemePlain && !q.quiet(at.Add(quietFor), quietFor) {
+				t.Fatal("the Put's answer, then silence for the quiet time: not judged quiet")
+			}
+			// Over TLS an answer this small, alone in its sample, is not told from control
+			// frames: the connection is judged at its next answer, which a member that
+			// commits at once sends with its control frames.
+			up += 30 + 41 + tc.record
+			step(time.Second, up, down)
+			down += 17 + 13 + 17 + 63 + tc.record
+			step(rebalanceSample, up, down)
+			if !q.quiet(at.Add(quietFor), quietFor) {
+				t.Fatal("a Put answered at once, then silence for the quiet time: not judged quiet")
+			}
+		})
+	}
+}
+
+// A watch that has seen no request since sampling began is judged by its first event, however
+// small: only while a request is in flight may the member's control frames come alone.
+func TestQuietnessJudgesAnIdleWatchByItsFirstEvent(t *testing.T) {
+	const quietFor = 2 * time.Second
+	for _, tc := range []struct {
+		scheme member.Scheme
+		record int64
+	}{{member.SchemePlain, 0}, {member.SchemeTLS, 29}, {member.SchemeUnknown, 0}} {
+		at := time.Unix(100_000, 0)
+		var q quietness
+		q.sample(at, 500, 500, controlAllowanceOf(tc.scheme))
+		at = at.Add(time.Minute)
+		q.sample(at, 500+30+tc.record, 500+70+tc.record, controlAllowanceOf(tc.scheme)) // a 70-byte event, the client's WINDOW_UPDATE and PING
+		if !q.quiet(at.Add(quietFor), quietFor) {
+			t.Errorf("%s: an idle watch's first event, then silence for the quiet time: not judged quiet", tc.scheme)
+		}
 	}
 }

@@ -165,11 +165,11 @@ func balanceView(snap *health.Snapshot) ([]resolver.Endpoint, []balanceMember) {
 func (r *Rebalancer) sampleConns(now time.Time, eps []resolver.Endpoint, live []*proxied) ([]balanceConn, []*proxied) {
 	var conns []balanceConn
 	var victims []*proxied
-	control := make([]int64, len(eps))
+	control := make([]controlAllowance, len(eps))
 	for i, ep := range eps {
-		control[i] = member.ControlBytes(r.table.Scheme(ep)) // what a client may send along with bytes to it
+		control[i] = controlAllowanceOf(r.table.Scheme(ep))
 	}
-	unknownControl := member.ControlBytes(member.SchemeUnknown)
+	unknownControl := controlAllowanceOf(member.SchemeUnknown)
 	for _, p := range live {
 		member := -1
 		for i, ep := range eps {

@@ -65,9 +65,10 @@ func slowEcho(c *net.TCPConn) {
 	}
 }
 
-// lateHello is answered late, with more bytes to the client than control frames: after it a
-// connection is quiet.
-const lateHello = "late hello, answered with more bytes than an HTTP/2 client's control frames"
+// lateHello is answered late, with more bytes to the client than the control frames a member
+// may send while a request is in flight: after it a connection is quiet.
+const lateHello = "late hello, answered with more bytes than the HTTP/2 control frames that a member " +
+	"sends while a request is in flight, over TLS or not"
 
 // roundTripped writes msg on c and reads it back.
 func roundTripped(c net.Conn, msg string) error {
