@@ -59,7 +59,7 @@ type half struct {
 	queued   io.LimitedReader // reused by every splice of this direction
 	n        atomic.Int64     // bytes copied; read by the rebalancer while it runs
 	sum      *atomic.Uint64   // the address's count of this direction, which n's bytes go to too
-	sent     *health.Load     // told of every write, for the client-to-backend direction only
+	sent     *health.Load     // told of every chunk before it is written, for the client-to-backend direction only
 	err      error            // why it ended; nil after a clean EOF
 }
 
@@ -164,10 +164,10 @@ func (h *half) copy() error {
 			}
 			return err // n == 0: EOF
 		}
+		h.sent.Sent(n) // before the write: whoever waits for a request hears of it before its answer can come
 		w, err := h.dst.Write((*buf)[:n])
 		h.n.Add(int64(w))
 		h.sum.Add(uint64(w))
-		h.sent.Sent(w)
 		full := n == len(*buf)
 		buffers.Put(buf)
 		if err != nil {

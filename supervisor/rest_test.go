@@ -84,13 +84,14 @@ func TestGatewayRestsBetweenRequests(t *testing.T) {
 		return s
 	}
 	gw, cancel, done := startPlan(t, plan)
-	window := func() {
+	// begun waits until the next window has begun: the service has judged the one before.
+	begun := func() {
 		t.Helper()
 		if left, ok := fake.WaitTimer(defaultTestTimeout); !ok || left != restAfter {
 			t.Fatalf("next window in %v (%v), want one of %v", left, ok, restAfter)
 		}
-		fake.Advance(restAfter)
 	}
+	window := func() { t.Helper(); begun(); fake.Advance(restAfter) }
 	request := func(c net.Conn) { echoOnce(t, c, strings.Repeat("r", 100)) }
 
 	window() // no client since the start
@@ -109,8 +110,9 @@ func TestGatewayRestsBetweenRequests(t *testing.T) {
 	}
 
 	window() // the one the request woke it in
+	begun()
 	request(c)
-	window() // a request within it: busy still, so another window follows
+	fake.Advance(restAfter) // a request within this window: busy still, so another follows
 	if left, ok := fake.WaitTimer(defaultTestTimeout); !ok || left != restAfter {
 		t.Fatalf("no window after one with a request: the gateway rested while busy (%v, %v)", left, ok)
 	}
