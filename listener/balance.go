@@ -211,6 +211,12 @@ type quietness struct {
 	// member's own control frames (its answer to the client's PING, its WINDOW_UPDATE and
 	// PING for the request's DATA) may come alone, seconds before it.
 	asked bool
+	// fromClientAlone: the bytes from the client, in samples each within control frames, since
+	// a sample last saw any from the member. Control frames answer the member's bytes (the
+	// WINDOW_UPDATE and PING for an answer may fall in the next sample) or are a keepalive
+	// that the member answers; the frames of a request come together, so once these add up
+	// to more than control frames they are a request.
+	fromClientAlone int64
 }
 
 // controlAllowance is how many bytes of HTTP/2 control frames alone each side of a connection
@@ -234,16 +240,20 @@ func (q *quietness) sample(now time.Time, up, down int64, allow controlAllowance
 	if up == q.up && down == q.down {
 		return
 	}
-	toClient := down - q.down
+	fromClient, toClient := up-q.up, down-q.down
+	if toClient > 0 {
+		q.fromClientAlone = 0
+	} else {
+		q.fromClientAlone += fromClient
+	}
 	switch {
-	case up-q.up > allow.client, up != q.up && down == q.down:
-		q.toClient, q.asked = false, true // a request, or a piece of one: bytes from the client alone
+	case fromClient > allow.client, q.fromClientAlone > allow.client:
+		q.toClient, q.asked = false, true // a request, or the pieces of one
 	case toClient > allow.member, !q.asked && toClient > allow.client:
 		q.toClient, q.asked = true, false // an answer or an event, with the client's control frames at most
 	}
-	// Control frames both ways in one sample (keepalives, a PING and its answer), or from the
-	// member alone while a request is in flight, say nothing about it: whether one is stays as
-	// it was.
+	// Control frames, both ways or from the client alone, or from the member alone while a
+	// request is in flight, say nothing about it: whether one is stays as it was.
 	q.changedAt, q.up, q.down = now, up, down
 }
 

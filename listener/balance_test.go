@@ -432,5 +432,16 @@ func TestQuietnessJudgesAnIdleWatchByItsFirstEvent(t *testing.T) {
 		if !q.quiet(at.Add(quietFor), quietFor) {
 			t.Errorf("%s: an idle watch's first event, then silence for the quiet time: not judged quiet", tc.scheme)
 		}
+		// The next event's WINDOW_UPDATE and PING fall in the sample after it, alone, and the
+		// member's answer to the PING in the one after: control frames, no request.
+		at = at.Add(time.Minute)
+		q.sample(at, 500+30+tc.record, 500+140+2*tc.record, controlAllowanceOf(tc.scheme))
+		at = at.Add(rebalanceSample)
+		q.sample(at, 500+60+2*tc.record, 500+140+2*tc.record, controlAllowanceOf(tc.scheme))
+		at = at.Add(rebalanceSample)
+		q.sample(at, 500+60+2*tc.record, 500+157+3*tc.record, controlAllowanceOf(tc.scheme))
+		if !q.quiet(at.Add(quietFor), quietFor) {
+			t.Errorf("%s: an event whose client's control frames came in the next sample is not judged quiet", tc.scheme)
+		}
 	}
 }
