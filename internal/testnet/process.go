@@ -41,6 +41,14 @@ var (
 	portsTaken = map[int]bool{}
 )
 
+// gatewayDefaultPort is the port of the gateway's default --listen-addr. It is never handed
+// out: a member there would be the listen address of every gateway command run without
+// --listen-addr (etcd-gateway check), which refuses it.
+const gatewayDefaultPort = 23790
+
+// mayHandOut reports whether port may be handed out. Call it with portsMu held.
+func mayHandOut(port int) bool { return port != gatewayDefaultPort && !portsTaken[port] }
+
 // FreePort returns a loopback port that nothing listens on and that this process has not
 // handed out before, for a child process to bind. It is drawn below the kernel's ephemeral
 // range, so that the many client connections of tests and benchmarks cannot take it between
@@ -50,7 +58,7 @@ func FreePort() (int, error) {
 	defer portsMu.Unlock()
 	for range 1000 {
 		port := 20000 + rand.IntN(12000)
-		if portsTaken[port] {
+		if !mayHandOut(port) {
 			continue
 		}
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
