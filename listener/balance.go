@@ -240,16 +240,16 @@ func (q *quietness) sample(now time.Time, up, down int64, allow controlAllowance
 	if up == q.up && down == q.down {
 		return
 	}
-	fromClient, toClient := up-q.up, down-q.down
-	if toClient > 0 {
+	clientSent, memberSent := up-q.up, down-q.down
+	if memberSent > 0 {
 		q.fromClientAlone = 0
 	} else {
-		q.fromClientAlone += fromClient
+		q.fromClientAlone += clientSent
 	}
 	switch {
-	case fromClient > allow.client, q.fromClientAlone > allow.client:
+	case clientSent > allow.client, q.fromClientAlone > allow.client:
 		q.toClient, q.asked = false, true // a request, or the pieces of one
-	case toClient > allow.member, !q.asked && toClient > allow.client:
+	case memberSent > allow.member, !q.asked && memberSent > allow.client:
 		q.toClient, q.asked = true, false // an answer or an event, with the client's control frames at most
 	}
 	// Control frames, both ways or from the client alone, or from the member alone while a
